@@ -1,0 +1,4 @@
+//! The `socketcluster` command.
+#![forbid(unsafe_code)]
+
+fn main() {}

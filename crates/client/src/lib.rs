@@ -1,0 +1,2 @@
+//! SocketCluster client (work in progress).
+#![forbid(unsafe_code)]

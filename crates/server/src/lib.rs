@@ -1,0 +1,2 @@
+//! SocketCluster server (work in progress).
+#![forbid(unsafe_code)]
