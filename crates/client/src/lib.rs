@@ -1,2 +1,36 @@
-//! SocketCluster client (work in progress).
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod channel;
+mod client;
+mod connection;
+mod connector;
+pub mod error;
+pub mod events;
+mod options;
+pub mod rpc;
+
+pub use auth::{
+    AuthState, AuthStatus, BoxError, FileTokenStore, MemoryTokenStore, ReauthReason, TokenProvider,
+    TokenRequest, TokenStore,
+};
+pub use channel::{
+    ChannelState, ChannelStatus, Message, SubscribeOptions, Subscription, TypedSubscription,
+};
+pub use client::Client;
+pub use connection::ConnectionState;
+pub use error::{
+    AuthenticateError, BadConnectionType, ConnectError, ConnectErrorKind, InvokeError,
+    InvokeErrorKind, PublishError, RespondError, SubscribeError, SubscribeErrorKind,
+    TokenStoreError, TransmitError,
+};
+pub use events::{ConnectStatus, Event, Events, PendingSubscriptions};
+pub use options::{ClientBuilder, ClientOptions};
+pub use rpc::{Procedure, Receiver, Request, Transmitted};
+pub use socketcluster_protocol::{
+    CloseCode, ErrorName, ErrorObject, ProtocolVersion, ReconnectOptions, WireError,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,329 @@
+//! Channels (PROTOCOL.md 6): subscription options, channel state, and the
+//! [`Subscription`] stream of publications.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::connection::Command;
+use crate::error::SubscribeError;
+
+/// The state of a channel (JS `pending` / `subscribed` / `unsubscribed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChannelState {
+    /// Wanted, not (yet, or no longer) confirmed by the server.
+    Pending,
+    /// Confirmed by the server.
+    Subscribed,
+    /// Not in the client's channel table.
+    Unsubscribed,
+}
+
+impl ChannelState {
+    /// The JS spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelState::Pending => "pending",
+            ChannelState::Subscribed => "subscribed",
+            ChannelState::Unsubscribed => "unsubscribed",
+        }
+    }
+}
+
+impl fmt::Display for ChannelState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Options of [`Client::subscribe_with`](crate::Client::subscribe_with) (JS
+/// `subscribe(name, {waitForAuth, data, priority})`).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// Do not send `#subscribe` until the client is authenticated (sent on the wire as
+    /// `"waitForAuth":true`). Default false.
+    pub wait_for_auth: bool,
+    /// Data sent inside `#subscribe` (when truthy), seen by server middleware.
+    pub data: Option<Box<RawValue>>,
+    /// Pending channels are (re)subscribed in descending priority; never sent. Default 0.
+    pub priority: i64,
+}
+
+impl SubscribeOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Set `waitForAuth`.
+    pub fn wait_for_auth(mut self, on: bool) -> Self {
+        self.wait_for_auth = on;
+        self
+    }
+
+    /// Set the priority.
+    pub fn priority(mut self, priority: i64) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Set the subscription data.
+    pub fn data<T: Serialize + ?Sized>(mut self, data: &T) -> Result<Self, serde_json::Error> {
+        self.data = Some(serde_json::value::to_raw_value(data)?);
+        Ok(self)
+    }
+
+    /// The `subscriptionOptions` object of events: what is sent minus `channel`.
+    pub(crate) fn wire_options(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        if self.wait_for_auth {
+            m.insert("waitForAuth".into(), Value::Bool(true));
+        }
+        if let Some(d) = &self.data
+            && let Ok(v) = serde_json::from_str::<Value>(d.get())
+        {
+            let truthy = !matches!(&v, Value::Null | Value::Bool(false))
+                && v.as_f64() != Some(0.0)
+                && v.as_str() != Some("");
+            if truthy {
+                m.insert("data".into(), v);
+            }
+        }
+        m
+    }
+}
+
+/// One publication received on a channel.
+#[derive(Clone, Debug)]
+pub struct Message {
+    /// The channel.
+    pub channel: String,
+    /// The published data as raw JSON (`None` when the publisher sent none).
+    pub data: Option<Box<RawValue>>,
+}
+
+impl Message {
+    /// The raw JSON text of the data (`None` when absent).
+    pub fn data_str(&self) -> Option<&str> {
+        self.data.as_deref().map(RawValue::get)
+    }
+
+    /// Deserialize the data (absent data deserializes from `null`).
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.data_str().unwrap_or("null"))
+    }
+
+    /// The data as a JSON value (`Null` when absent).
+    pub fn value(&self) -> Value {
+        self.deserialize().unwrap_or(Value::Null)
+    }
+}
+
+/// Observable status of one channel.
+#[derive(Clone, Debug)]
+pub struct ChannelStatus {
+    /// Current state.
+    pub state: ChannelState,
+    /// Why the channel was removed, once it is `Unsubscribed`.
+    pub ended: Option<SubscribeError>,
+}
+
+/// A subscription: a [`Stream`] of [`Message`]s on one channel that survives
+/// reconnects (the channel goes back to pending and is resubscribed after the next
+/// handshake). The stream ends when the channel is unsubscribed
+/// ([`Subscription::unsubscribe`], [`Client::unsubscribe`](crate::Client::unsubscribe)),
+/// when the server kicks the client out, rejects the subscription, or when the client
+/// is closed. Dropping the last `Subscription` of a channel unsubscribes it.
+///
+/// Overflow policy: each subscription buffers up to `buffer_capacity` messages (default
+/// 1024). When the buffer is full, newly arriving messages for this subscription are
+/// dropped and [`Event::SlowConsumer`](crate::Event::SlowConsumer) is emitted.
+pub struct Subscription {
+    pub(crate) channel: String,
+    pub(crate) id: u64,
+    pub(crate) rx: mpsc::Receiver<Message>,
+    pub(crate) status: watch::Receiver<ChannelStatus>,
+    pub(crate) cmd: mpsc::UnboundedSender<Command>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("channel", &self.channel)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// The channel name.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The channel's current state.
+    pub fn state(&self) -> ChannelState {
+        self.status.borrow().state
+    }
+
+    /// Why the subscription ended, once it has.
+    pub fn end_reason(&self) -> Option<SubscribeError> {
+        self.status.borrow().ended.clone()
+    }
+
+    /// A watch of this channel's status (state changes are observable with
+    /// `changed().await`).
+    pub fn status(&self) -> watch::Receiver<ChannelStatus> {
+        self.status.clone()
+    }
+
+    /// Wait until the server has confirmed the subscription. Fails when the channel is
+    /// removed first (`subscribeFail` → [`SubscribeError::Rejected`], kick-out,
+    /// unsubscribe, close).
+    pub async fn subscribed(&self) -> Result<(), SubscribeError> {
+        let mut rx = self.status.clone();
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                match s.state {
+                    ChannelState::Subscribed => return Ok(()),
+                    ChannelState::Unsubscribed => {
+                        return Err(s.ended.clone().unwrap_or(SubscribeError::Unsubscribed));
+                    }
+                    ChannelState::Pending => {}
+                }
+            }
+            if rx.changed().await.is_err() {
+                let s = rx.borrow();
+                return match s.state {
+                    ChannelState::Subscribed => Ok(()),
+                    _ => Err(s.ended.clone().unwrap_or(SubscribeError::Closed)),
+                };
+            }
+        }
+    }
+
+    /// The next message (`None` once the subscription has ended).
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+
+    /// Unsubscribe the channel (every `Subscription` of it ends).
+    pub fn unsubscribe(self) {
+        let _ = self.cmd.send(Command::Unsubscribe {
+            channel: self.channel.clone(),
+        });
+    }
+
+    /// Turn into a stream of deserialized values.
+    pub fn typed<T: DeserializeOwned>(self) -> TypedSubscription<T> {
+        TypedSubscription {
+            inner: self,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Message;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.cmd.send(Command::DropConsumer {
+            channel: self.channel.clone(),
+            id: self.id,
+        });
+    }
+}
+
+/// A [`Subscription`] yielding deserialized values.
+pub struct TypedSubscription<T> {
+    inner: Subscription,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for TypedSubscription<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl<T: DeserializeOwned> TypedSubscription<T> {
+    /// The underlying subscription.
+    pub fn get_ref(&self) -> &Subscription {
+        &self.inner
+    }
+}
+
+impl<T: DeserializeOwned> Stream for TypedSubscription<T> {
+    type Item = Result<T, serde_json::Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.inner.rx.poll_recv(cx) {
+            Poll::Ready(Some(m)) => Poll::Ready(Some(m.deserialize())),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A consumer of a channel, held by the connection task.
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    pub(crate) id: u64,
+    pub(crate) tx: mpsc::Sender<Message>,
+    pub(crate) dropped: u64,
+}
+
+/// One entry of the channel table owned by the connection task.
+#[derive(Debug)]
+pub(crate) struct ChannelEntry {
+    pub(crate) state: ChannelState,
+    pub(crate) options: SubscribeOptions,
+    /// The cid of the in-flight `#subscribe`.
+    pub(crate) pending_cid: Option<u64>,
+    /// Whether the in-flight `#subscribe` was sent while unauthenticated.
+    pub(crate) sent_unauthenticated: bool,
+    /// The one retry after a re-authentication has been used.
+    pub(crate) auth_retry_used: bool,
+    /// Kept pending by an auth-related rejection, waiting for a re-authentication.
+    pub(crate) awaiting_reauth: Option<socketcluster_protocol::WireError>,
+    pub(crate) consumers: Vec<Consumer>,
+    pub(crate) status: watch::Sender<ChannelStatus>,
+}
+
+impl ChannelEntry {
+    pub(crate) fn new(options: SubscribeOptions) -> Self {
+        let (status, _) = watch::channel(ChannelStatus {
+            state: ChannelState::Pending,
+            ended: None,
+        });
+        ChannelEntry {
+            state: ChannelState::Pending,
+            options,
+            pending_cid: None,
+            sent_unauthenticated: false,
+            auth_retry_used: false,
+            awaiting_reauth: None,
+            consumers: Vec::new(),
+            status,
+        }
+    }
+
+    pub(crate) fn set_state(&mut self, state: ChannelState) {
+        self.state = state;
+        self.status.send_modify(|s| s.state = state);
+    }
+}
