@@ -1,35 +1,130 @@
 //! The `socketcluster` command: a standalone SocketCluster server and client tools to
-//! poke at any SocketCluster server (ours or the JavaScript one). See `--help`.
+//! poke at any SocketCluster server (ours or the JavaScript one). See `--help` and
+//! `shared/CLI.md`.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::exit)]
 
-#[allow(dead_code)] // used by the client commands (invoke, transmit, publish)
+mod bench;
+mod client_cmds;
 mod data;
+mod serve;
 mod token;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
 
 /// SocketCluster server and client tools.
 #[derive(Debug, Parser)]
 #[command(name = "socketcluster", version, about, long_about = None)]
 struct Cli {
+    /// More logging on stderr (-v info, -vv debug, -vvv trace). `RUST_LOG` also works.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less logging on stderr (-q errors only, -qq nothing).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    quiet: u8,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a standalone SocketCluster server.
+    Serve(Box<serve::settings::ServeArgs>),
+    /// Invoke a procedure and print the response data as one line of JSON.
+    Invoke(client_cmds::InvokeArgs),
+    /// Transmit an event (fire and forget).
+    Transmit(client_cmds::TransmitArgs),
+    /// Publish to a channel and wait for the server's acknowledgement.
+    Publish(client_cmds::PublishArgs),
+    /// Subscribe to channels and print every publication as a JSON line.
+    Subscribe(client_cmds::SubscribeArgs),
     /// Print a signed token that a SocketCluster server with the same key accepts.
     Token(token::TokenArgs),
+    /// Load generator: RPC, fan-out, channels, idle sockets, reconnect storms.
+    Bench(bench::BenchArgs),
+}
+
+/// `level` for our crates; dependencies stay at `warn` unless `RUST_LOG` says otherwise.
+pub(crate) fn filter_for(level: &str) -> String {
+    if level == "off" || level == "error" || level == "warn" {
+        return level.to_owned();
+    }
+    format!(
+        "warn,socketcluster={level},socketcluster_server={level},socketcluster_client={level},socketcluster_protocol={level}"
+    )
+}
+
+fn init_logging(verbose: u8, quiet: u8, json: bool) {
+    let level = match (verbose, quiet) {
+        (0, 0) => "warn",
+        (0, 1) => "error",
+        (0, _) => "off",
+        (1, _) => "info",
+        (2, _) => "debug",
+        _ => "trace",
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter_for(level)));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Token(args) => token::run(&args),
+    if let Command::Token(args) = &cli.command {
+        init_logging(cli.verbose, cli.quiet, false);
+        return report(token::run(args));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
     };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(*args, cli.verbose, cli.quiet).await,
+            Command::Invoke(args) => {
+                init_logging(cli.verbose, cli.quiet, false);
+                report(client_cmds::invoke(args).await)
+            }
+            Command::Transmit(args) => {
+                init_logging(cli.verbose, cli.quiet, false);
+                report(client_cmds::transmit(args).await)
+            }
+            Command::Publish(args) => {
+                init_logging(cli.verbose, cli.quiet, false);
+                report(client_cmds::publish(args).await)
+            }
+            Command::Subscribe(args) => {
+                init_logging(cli.verbose, cli.quiet, false);
+                report(client_cmds::subscribe(args).await)
+            }
+            Command::Bench(args) => {
+                init_logging(cli.verbose, cli.quiet, false);
+                report(bench::run(args).await)
+            }
+            Command::Token(_) => unreachable!("handled above"),
+        }
+    })
+}
+
+/// Print an error as `Name: message` on stderr and turn it into exit status 1.
+fn report<E: std::fmt::Display>(result: Result<ExitCode, E>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -1,2 +1,108 @@
-//! SocketCluster server (work in progress).
+//! An embeddable SocketCluster server, wire-compatible with `socketcluster-server` 20
+//! (protocol version 2) and with v14 clients (protocol version 1, a server setting).
+//! The JavaScript `socketcluster-client` cannot tell it from the JS server.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use socketcluster_server::{Request, Server, ServerConfig, auth::{AuthConfig, SignOptions}};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let config = ServerConfig::default()
+//!         .with_port(8000)
+//!         .with_auth(AuthConfig::with_secret("a long shared secret"))
+//!         .with_auth_channels(vec!["private-*".into()]);
+//!     let server = Server::new(config)?;
+//!
+//!     // RPC: `socket.invoke('echo', data)` on the client.
+//!     server.procedure("echo", |req: Request| async move {
+//!         let data: serde_json::Value = req.data().unwrap_or_default();
+//!         req.respond(&data);
+//!     });
+//!     // Log in: the client receives `#setAuthToken` and becomes authenticated.
+//!     server.procedure("login", |req: Request| async move {
+//!         let claims = serde_json::json!({"username": req.data::<String>().unwrap_or_default()});
+//!         match req.socket().set_auth_token(&claims, SignOptions::default()).await {
+//!             Ok(_) => req.end(),
+//!             Err(e) => req.error(socketcluster_server::ErrorObject::new("LoginError", e.to_string())),
+//!         }
+//!     });
+//!
+//!     // Server-side pub/sub.
+//!     let exchange = server.exchange();
+//!     let mut chat = exchange.subscribe("chat").await?;
+//!     tokio::spawn(async move {
+//!         while let Some(p) = chat.next().await {
+//!             tracing::info!(channel = p.channel(), "message");
+//!         }
+//!     });
+//!     exchange.publish("chat", &"server says hi").await?;
+//!
+//!     let addr = server.listen().await?;
+//!     tracing::info!(%addr, "listening on ws://{addr}/socketcluster/");
+//!     tokio::signal::ctrl_c().await?;
+//!     server.shutdown().await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Design
+//!
+//! * [`Server`] is a cheap `Clone` handle. Each connection is served by one task that
+//!   owns its state (auth, channels, pending invokes, timers) plus a writer task that
+//!   drains its bounded outbound queue; [`Socket`] handles send commands to it. No lock
+//!   is held across an `.await`.
+//! * Inbound messages of one socket are processed strictly in order (a subscribe
+//!   completes before a following publish is processed); handlers run concurrently.
+//! * A publication is encoded once; the same shared frame goes to every subscriber
+//!   ([`channel`]). Backplanes plug in through the [`broker::Broker`] trait.
+//! * Payloads are never parsed when only forwarded (`serde_json::value::RawValue`).
+//! * Every per-socket resource is bounded ([`Limits`]); a client that does not read is
+//!   disconnected (1008) instead of growing memory, and never affects other clients.
+//!
+//! # Differences from the JS server (deliberate)
+//!
+//! * A socket whose token expires is deauthenticated at that moment by a timer
+//!   ([`ServerConfig::token_expiry_timer`]), not only at its next message.
+//! * A repeated `#handshake` on an open socket re-verifies the token and answers with
+//!   the same id, without re-running handshake middleware or counting the socket twice.
+//! * A transmitted (cid-less) `#subscribe` is ignored without running middleware.
+//! * With a PEM key pair and no algorithm, the algorithm is inferred from the key.
+//! * Limits the JS server does not have: see [`Limits`].
+//! * Handshake-middleware `statusCode`s outside 4000-4999 are replaced by 4008.
 #![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod broker;
+pub mod channel;
+mod config;
+mod error;
+mod events;
+pub mod exchange;
+mod limits;
+mod listener;
+pub mod middleware;
+pub mod rpc;
+mod server;
+mod socket;
+mod task;
+pub mod tls;
+
+#[cfg(feature = "axum")]
+pub mod axum;
+
+pub use channel::Publication;
+pub use config::{ServerConfig, UnhandledProcedure};
+pub use error::{
+    AuthTokenError, ConfigError, InvokeError, KickOutError, PublishError, SendError, ServerError,
+};
+pub use events::{AuthState, ServerEvent, ServerEvents, StatsSnapshot};
+pub use exchange::{Exchange, ExchangeSubscription};
+pub use limits::{CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, Limits, RateLimit};
+pub use middleware::{Block, HandshakeRequest, InboundAction, InboundKind};
+pub use rpc::{ReceivedEvent, Request};
+pub use server::{ChannelInfo, Server, SocketInfo};
+pub use socket::{CloseInfo, Socket, SocketState};
+pub use socketcluster_protocol::{ErrorObject, ProtocolVersion, RawValue, WireError};

@@ -1,0 +1,148 @@
+//! [`NatsBrokerOptions`].
+
+use std::time::Duration;
+
+/// Options of a [`crate::NatsBroker`]. Every field has a setter.
+///
+/// ```
+/// use std::time::Duration;
+/// use socketcluster_broker_nats::NatsBrokerOptions;
+///
+/// let options = NatsBrokerOptions::default()
+///     .subject_prefix("myapp.sc")
+///     .publish_timeout(Duration::from_secs(2));
+/// assert_eq!(options.subject_prefix, "myapp.sc");
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NatsBrokerOptions {
+    /// First tokens of every subject (see [`crate::channel_subject`]). Default `"sc"`.
+    /// All instances of one application must use the same prefix.
+    pub subject_prefix: String,
+    /// Timeout of the initial connection. Default 5 s.
+    pub connect_timeout: Duration,
+    /// How long a publication (or subscription) may wait for the server's confirmation
+    /// before it fails. Default 5 s.
+    pub publish_timeout: Duration,
+    /// First reconnect delay; doubled per failed attempt with ±25 % jitter. Default 100 ms.
+    pub reconnect_min_delay: Duration,
+    /// Upper bound of the reconnect delay. Default 5 s.
+    pub reconnect_max_delay: Duration,
+    /// Client PING interval (detects a silently dead server). Default 5 s.
+    pub ping_interval: Duration,
+    /// Publications waiting to be written. When full, `publish` fails at once. Default
+    /// 10 000.
+    pub publish_queue_capacity: usize,
+    /// At most this many queued publications share one confirmation round trip. Default
+    /// 512.
+    pub max_batch: usize,
+    /// Connection name shown by the NATS server (`connz`). Default
+    /// `"socketcluster-broker"`.
+    pub client_name: String,
+}
+
+impl Default for NatsBrokerOptions {
+    fn default() -> Self {
+        NatsBrokerOptions {
+            subject_prefix: "sc".to_owned(),
+            connect_timeout: Duration::from_secs(5),
+            publish_timeout: Duration::from_secs(5),
+            reconnect_min_delay: Duration::from_millis(100),
+            reconnect_max_delay: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(5),
+            publish_queue_capacity: 10_000,
+            max_batch: 512,
+            client_name: "socketcluster-broker".to_owned(),
+        }
+    }
+}
+
+impl NatsBrokerOptions {
+    /// Set [`NatsBrokerOptions::subject_prefix`].
+    pub fn subject_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.subject_prefix = prefix.into();
+        self
+    }
+
+    /// Set [`NatsBrokerOptions::connect_timeout`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Set [`NatsBrokerOptions::publish_timeout`].
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// Set [`NatsBrokerOptions::reconnect_min_delay`] and
+    /// [`NatsBrokerOptions::reconnect_max_delay`].
+    pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min_delay = min;
+        self.reconnect_max_delay = max.max(min);
+        self
+    }
+
+    /// Set [`NatsBrokerOptions::ping_interval`].
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Set [`NatsBrokerOptions::publish_queue_capacity`] (at least 1).
+    pub fn publish_queue_capacity(mut self, capacity: usize) -> Self {
+        self.publish_queue_capacity = capacity.max(1);
+        self
+    }
+
+    /// Set [`NatsBrokerOptions::max_batch`] (at least 1).
+    pub fn max_batch(mut self, max: usize) -> Self {
+        self.max_batch = max.max(1);
+        self
+    }
+
+    /// Set [`NatsBrokerOptions::client_name`].
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = name.into();
+        self
+    }
+
+    /// Delay before reconnect attempt `attempt` (1-based, as async-nats counts), jittered.
+    pub(crate) fn reconnect_delay_for(&self, attempt: usize) -> Duration {
+        let exp = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(20);
+        let base = self
+            .reconnect_min_delay
+            .saturating_mul(2u32.saturating_pow(exp))
+            .min(self.reconnect_max_delay);
+        base.mul_f64(0.75 + rand::random::<f64>() * 0.5)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_doubles_up_to_the_cap_with_jitter() {
+        let o = NatsBrokerOptions::default()
+            .reconnect_delay(Duration::from_millis(100), Duration::from_millis(1000));
+        for (attempt, base) in [
+            (0, 100),
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (99, 1000),
+        ] {
+            let d = o.reconnect_delay_for(attempt).as_millis();
+            assert!(
+                d >= base * 3 / 4 && d <= base * 5 / 4,
+                "attempt {attempt}: {d}"
+            );
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The backplane message format (version 1).
+//!
+//! The same format is used by `socketcluster-broker-redis` and `socketcluster-broker-nats`
+//! (the two copies of this module are kept identical; the golden test below pins the bytes).
+//!
+//! ```text
+//! offset  size  field
+//! 0       2     magic "SC"
+//! 2       1     format version = 1
+//! 3       1     flags: bit 0 = data present (a publish without data has no data bytes)
+//! 4       16    instance id of the publishing broker (random per broker instance)
+//! 20      4     channel name length N, unsigned big-endian
+//! 24      N     channel name, UTF-8
+//! 24+N    rest  the published data: the raw JSON text exactly as the publisher sent it
+//! ```
+//!
+//! The data bytes are copied verbatim: they are never parsed into a value and
+//! re-serialized. A receiver only checks that they are one valid JSON value before handing
+//! them to the server (a malformed message from a foreign writer is dropped and counted,
+//! never forwarded to clients).
+
+use std::fmt;
+
+use serde_json::value::RawValue;
+
+/// Magic bytes at the start of every envelope.
+const MAGIC: &[u8; 2] = b"SC";
+/// Envelope format version written by this crate.
+const VERSION: u8 = 1;
+const FLAG_DATA: u8 = 1;
+const HEADER: usize = 24;
+
+/// Identifies one broker instance (one server process) on the backplane.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InstanceId(pub [u8; 16]);
+
+impl InstanceId {
+    /// A new random instance id.
+    pub fn random() -> InstanceId {
+        InstanceId(rand::random())
+    }
+}
+
+impl fmt::Debug for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InstanceId({self})")
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// Encode a publication into an envelope.
+pub(crate) fn encode(instance: InstanceId, channel: &str, data: Option<&RawValue>) -> Vec<u8> {
+    let data = data.map(RawValue::get);
+    let mut out = Vec::with_capacity(HEADER + channel.len() + data.map_or(0, str::len));
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.push(if data.is_some() { FLAG_DATA } else { 0 });
+    out.extend_from_slice(&instance.0);
+    // Channel names longer than 4 GiB cannot reach a broker (frames are far smaller).
+    let len = u32::try_from(channel.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(channel.as_bytes());
+    if let Some(d) = data {
+        out.extend_from_slice(d.as_bytes());
+    }
+    out
+}
+
+/// A decoded envelope, borrowing from the received bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Envelope<'a> {
+    pub(crate) instance: InstanceId,
+    pub(crate) channel: &'a str,
+    pub(crate) data: Option<&'a str>,
+}
+
+/// Why a received message was dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("not a SocketCluster envelope (bad magic or truncated header)")]
+    NotAnEnvelope,
+    #[error("unsupported envelope version {0}")]
+    Version(u8),
+    #[error("truncated channel name")]
+    Truncated,
+    #[error("channel name or data is not UTF-8")]
+    Utf8,
+    #[error("data is not valid JSON")]
+    Json,
+}
+
+/// Decode an envelope (does not validate the JSON; see [`Envelope::raw_data`]).
+pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
+    if bytes.len() < HEADER || &bytes[..2] != MAGIC {
+        return Err(DecodeError::NotAnEnvelope);
+    }
+    if bytes[2] != VERSION {
+        return Err(DecodeError::Version(bytes[2]));
+    }
+    let has_data = bytes[3] & FLAG_DATA != 0;
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&bytes[4..20]);
+    let len = u32::from_be_bytes([bytes[20], bytes[21], bytes[22], bytes[23]]) as usize;
+    let rest = &bytes[HEADER..];
+    if rest.len() < len {
+        return Err(DecodeError::Truncated);
+    }
+    let (channel, data) = rest.split_at(len);
+    let channel = std::str::from_utf8(channel).map_err(|_| DecodeError::Utf8)?;
+    let data = if has_data {
+        Some(std::str::from_utf8(data).map_err(|_| DecodeError::Utf8)?)
+    } else if data.is_empty() {
+        None
+    } else {
+        return Err(DecodeError::Truncated);
+    };
+    Ok(Envelope {
+        instance: InstanceId(id),
+        channel,
+        data,
+    })
+}
+
+impl Envelope<'_> {
+    /// The data as a validated raw JSON value (no re-encoding: the text is kept as is).
+    pub(crate) fn raw_data(&self) -> Result<Option<Box<RawValue>>, DecodeError> {
+        match self.data {
+            None => Ok(None),
+            Some(d) => RawValue::from_string(d.to_owned())
+                .map(Some)
+                .map_err(|_| DecodeError::Json),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn golden_bytes_are_stable() {
+        let id = InstanceId([0xAB; 16]);
+        let bytes = encode(id, "a.b", Some(&raw(r#"{"x":1}"#)));
+        let mut expected = b"SC\x01\x01".to_vec();
+        expected.extend_from_slice(&[0xAB; 16]);
+        expected.extend_from_slice(&[0, 0, 0, 3]);
+        expected.extend_from_slice(b"a.b{\"x\":1}");
+        assert_eq!(bytes, expected);
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "53430101",
+                "abababababababababababababababab",
+                "00000003",
+                "612e627b2278223a317d"
+            )
+        );
+    }
+
+    #[test]
+    fn round_trips_data_verbatim() {
+        let id = InstanceId::random();
+        // Whitespace and key order survive: the bytes are never re-encoded.
+        let data = raw(r#"{ "b" : [1, 2.50, "\u00e9"], "a":null }"#);
+        let bytes = encode(id, "ch ✓ *>", Some(&data));
+        let env = decode(&bytes).unwrap();
+        assert_eq!(env.instance, id);
+        assert_eq!(env.channel, "ch ✓ *>");
+        assert_eq!(env.data, Some(data.get()));
+        assert_eq!(env.raw_data().unwrap().unwrap().get(), data.get());
+    }
+
+    #[test]
+    fn absent_data_is_distinct_from_null() {
+        let id = InstanceId::random();
+        let none_bytes = encode(id, "c", None);
+        let none = decode(&none_bytes).unwrap();
+        assert_eq!(none.data, None);
+        assert!(none.raw_data().unwrap().is_none());
+        let null_bytes = encode(id, "c", Some(&raw("null")));
+        let null = decode(&null_bytes).unwrap();
+        assert_eq!(null.data, Some("null"));
+    }
+
+    #[test]
+    fn empty_channel_round_trips() {
+        let id = InstanceId::random();
+        let bytes = encode(id, "", Some(&raw("1")));
+        assert_eq!(decode(&bytes).unwrap().channel, "");
+    }
+
+    #[test]
+    fn rejects_foreign_and_damaged_messages() {
+        assert_eq!(decode(b"hello"), Err(DecodeError::NotAnEnvelope));
+        assert_eq!(decode(&[b'X'; 40]).unwrap_err(), DecodeError::NotAnEnvelope);
+        let id = InstanceId([1; 16]);
+        let mut v2 = encode(id, "c", None);
+        v2[2] = 2;
+        assert_eq!(decode(&v2), Err(DecodeError::Version(2)));
+        let good = encode(id, "channel", None);
+        assert_eq!(decode(&good[..good.len() - 2]), Err(DecodeError::Truncated));
+        let mut trailing = encode(id, "c", None);
+        trailing.push(b'1');
+        assert_eq!(decode(&trailing), Err(DecodeError::Truncated));
+        let mut bad_utf8 = encode(id, "c", None);
+        bad_utf8[24] = 0xFF;
+        assert_eq!(decode(&bad_utf8), Err(DecodeError::Utf8));
+        let bad_json = encode(id, "c", Some(&raw("1")));
+        let mut bad_json = bad_json;
+        *bad_json.last_mut().unwrap() = b'{';
+        assert_eq!(
+            decode(&bad_json).unwrap().raw_data().unwrap_err(),
+            DecodeError::Json
+        );
+    }
+}

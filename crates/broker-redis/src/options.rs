@@ -1,0 +1,164 @@
+//! [`RedisBrokerOptions`]: prefix, topology, timeouts, reconnect backoff, queue sizes.
+
+use std::time::Duration;
+
+/// How the Redis URLs given to [`crate::RedisBroker::connect`] are used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Topology {
+    /// Ask the first node (`INFO cluster`): [`Topology::Cluster`] when it is a Redis
+    /// Cluster node, [`Topology::Nodes`] otherwise. The default.
+    #[default]
+    Auto,
+    /// Independent Redis servers (or a single one). Each channel lives on one of them,
+    /// chosen by rendezvous hashing of the channel name over the nodes' `host:port`
+    /// (every instance must list the same nodes; the order does not matter). Uses classic
+    /// `PUBLISH`/`SUBSCRIBE`.
+    Nodes,
+    /// A Redis Cluster (Redis 7+): the URLs are seed nodes; channels use sharded pub/sub
+    /// (`SPUBLISH`/`SSUBSCRIBE`), so a channel's traffic stays on the shard owning its
+    /// slot instead of being broadcast over the cluster bus.
+    Cluster,
+}
+
+/// Options of a [`crate::RedisBroker`]. Every field has a setter; the defaults suit a
+/// production deployment.
+///
+/// ```
+/// use std::time::Duration;
+/// use socketcluster_broker_redis::{RedisBrokerOptions, Topology};
+///
+/// let options = RedisBrokerOptions::default()
+///     .channel_prefix("myapp:sc:")
+///     .topology(Topology::Nodes)
+///     .reconnect_delay(Duration::from_millis(50), Duration::from_secs(2));
+/// assert_eq!(options.channel_prefix, "myapp:sc:");
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RedisBrokerOptions {
+    /// Prepended to every channel name to form the Redis channel name, so that several
+    /// applications can share one Redis. Default `"sc:"`. All instances of one
+    /// application must use the same prefix.
+    pub channel_prefix: String,
+    /// How the URLs are interpreted. Default [`Topology::Auto`].
+    pub topology: Topology,
+    /// Timeout of one TCP connect + handshake. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Timeout of one command (publish pipeline, subscribe, ping). A timeout counts as a
+    /// lost connection. Default 5 s.
+    pub response_timeout: Duration,
+    /// First reconnect delay; doubled after each failed attempt (with ±25 % jitter).
+    /// Default 100 ms.
+    pub reconnect_min_delay: Duration,
+    /// Upper bound of the reconnect delay. Default 5 s.
+    pub reconnect_max_delay: Duration,
+    /// An idle connection is checked with `PING` this often, to notice a silently dead
+    /// peer. Default 5 s.
+    pub ping_interval: Duration,
+    /// Publications waiting to be written to one node. When full, `publish` fails at once
+    /// with an error instead of queueing without bound. Default 10 000.
+    pub publish_queue_capacity: usize,
+    /// At most this many queued publications are written in one pipeline. Default 512.
+    pub max_pipeline: usize,
+}
+
+impl Default for RedisBrokerOptions {
+    fn default() -> Self {
+        RedisBrokerOptions {
+            channel_prefix: "sc:".to_owned(),
+            topology: Topology::Auto,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+            reconnect_min_delay: Duration::from_millis(100),
+            reconnect_max_delay: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(5),
+            publish_queue_capacity: 10_000,
+            max_pipeline: 512,
+        }
+    }
+}
+
+impl RedisBrokerOptions {
+    /// Set [`RedisBrokerOptions::channel_prefix`].
+    pub fn channel_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.channel_prefix = prefix.into();
+        self
+    }
+
+    /// Set [`RedisBrokerOptions::topology`].
+    pub fn topology(mut self, topology: Topology) -> Self {
+        self.topology = topology;
+        self
+    }
+
+    /// Set [`RedisBrokerOptions::connect_timeout`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Set [`RedisBrokerOptions::response_timeout`].
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Set [`RedisBrokerOptions::reconnect_min_delay`] and
+    /// [`RedisBrokerOptions::reconnect_max_delay`].
+    pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min_delay = min;
+        self.reconnect_max_delay = max.max(min);
+        self
+    }
+
+    /// Set [`RedisBrokerOptions::ping_interval`].
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Set [`RedisBrokerOptions::publish_queue_capacity`] (at least 1).
+    pub fn publish_queue_capacity(mut self, capacity: usize) -> Self {
+        self.publish_queue_capacity = capacity.max(1);
+        self
+    }
+
+    /// Set [`RedisBrokerOptions::max_pipeline`] (at least 1).
+    pub fn max_pipeline(mut self, max: usize) -> Self {
+        self.max_pipeline = max.max(1);
+        self
+    }
+
+    /// The delay before reconnect attempt `attempt` (0-based), before jitter.
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.min(20));
+        self.reconnect_min_delay
+            .saturating_mul(factor)
+            .min(self.reconnect_max_delay)
+    }
+}
+
+/// `delay` with ±25 % uniform jitter, so that instances do not reconnect in lockstep.
+pub(crate) fn jitter(delay: Duration) -> Duration {
+    let f: f64 = 0.75 + rand::random::<f64>() * 0.5;
+    delay.mul_f64(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let o = RedisBrokerOptions::default()
+            .reconnect_delay(Duration::from_millis(100), Duration::from_millis(1000));
+        let d: Vec<u128> = (0..6).map(|a| o.backoff(a).as_millis()).collect();
+        assert_eq!(d, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(o.backoff(u32::MAX), Duration::from_millis(1000));
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(1000)).as_millis();
+            assert!((750..=1250).contains(&j), "{j}");
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! The operator's HTTP surface on the WebSocket port: `/health`, `/metrics` and the
+//! bearer-key protected `/api/*` (publish, publish-batch, disconnect, deauthenticate,
+//! channels, stats).
+//!
+//! The listener reads each connection's HTTP request head, hands requests for the
+//! WebSocket path to the SocketCluster server (which performs the upgrade and all its
+//! checks) and serves everything else with hyper.
+
+// Handlers return `Result<_, Response>` so that a validation failure *is* the answer; it
+// is built once per bad request, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{Value, json};
+use socketcluster_server::{RawValue, Server, Socket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::rewind::Rewind;
+
+/// Largest HTTP request head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+/// Time allowed for the TLS handshake and the request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Close code of `POST /api/disconnect` unless the request names one: 4500 and above
+/// tell the JS client not to reconnect.
+pub(crate) const DEFAULT_API_DISCONNECT_CODE: u16 = 4500;
+
+/// Backplane status shown on `/health` (and failing it when down).
+pub(crate) type HealthProbe = Box<dyn Fn() -> (bool, Value) + Send + Sync>;
+
+/// Everything the HTTP handlers need.
+pub(crate) struct Operator {
+    pub(crate) server: Server,
+    pub(crate) ws_path: String,
+    pub(crate) api_key: Option<String>,
+    pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) max_body: usize,
+    pub(crate) backplane: Option<HealthProbe>,
+}
+
+/// Accept connections until `stop` is cancelled.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    op: Arc<Operator>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // e.g. EMFILE: back off instead of spinning
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let op = op.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move { handle_conn(tcp, addr, tls, op).await });
+    }
+}
+
+async fn handle_conn(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    op: Arc<Operator>,
+) {
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => route(stream, addr, true, op).await,
+            Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+        },
+        None => route(tcp, addr, false, op).await,
+    }
+}
+
+/// Read the request head, then give the connection to the WebSocket server or to hyper.
+async fn route<S>(mut io: S, addr: SocketAddr, secure: bool, op: Arc<Operator>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut head = Vec::with_capacity(1024);
+    let read = tokio::time::timeout(HEAD_TIMEOUT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = io.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<bool, std::io::Error>(false);
+            }
+            head.extend_from_slice(&buf[..n]);
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Ok(true);
+            }
+            if head.len() > MAX_HEAD {
+                return Ok(false);
+            }
+        }
+    })
+    .await;
+    if !matches!(read, Ok(Ok(true))) {
+        if head.len() > MAX_HEAD {
+            let _ = io
+                .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+        return;
+    }
+    let path = request_path(&head).unwrap_or_default();
+    let io = Rewind::new(head, io);
+    if path == op.ws_path {
+        if op.shutting_down.load(Ordering::Acquire) {
+            let mut io = io;
+            let _ = io
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 13\r\nconnection: close\r\n\r\nShutting down")
+                .await;
+            return;
+        }
+        op.server.serve_connection(io, Some(addr), secure);
+        return;
+    }
+    let service = hyper::service::service_fn(move |req| {
+        let op = op.clone();
+        async move { Ok::<_, Infallible>(handle(req, &op).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .await
+    {
+        tracing::debug!(%addr, error = %e, "HTTP connection error");
+    }
+}
+
+/// The path of the request target (query excluded).
+fn request_path(head: &[u8]) -> Option<String> {
+    let line_end = head.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&head[..line_end]).ok()?;
+    let target = line.split(' ').nth(1)?;
+    Some(target.split('?').next().unwrap_or(target).to_owned())
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, body: &Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+    json_response(status, &json!({ "error": message.into() }))
+}
+
+async fn handle(req: Request<Incoming>, op: &Operator) -> Resp {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/health") => health(op),
+        (&Method::GET, "/metrics") => metrics(op),
+        (_, p) if p.starts_with("/api/") => api(req, op).await,
+        (_, "/health" | "/metrics") => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn health(op: &Operator) -> Resp {
+    let mut body = json!({"status": "ok"});
+    let mut ok = true;
+    if op.shutting_down.load(Ordering::Acquire) || op.server.is_shut_down() {
+        ok = false;
+        body["status"] = json!("shutting down");
+    }
+    if let Some(probe) = &op.backplane {
+        let (up, detail) = probe();
+        body["backplane"] = detail;
+        if !up && ok {
+            // still accepting connections and serving local traffic: report, don't fail
+            body["status"] = json!("degraded");
+        }
+    }
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, &body)
+}
+
+fn metrics(op: &Operator) -> Resp {
+    let Some(handle) = &op.metrics else {
+        return error(StatusCode::NOT_FOUND, "metrics are disabled");
+    };
+    super::metrics::record_gauges(&op.server);
+    let mut r = Response::new(Full::new(Bytes::from(handle.render())));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// Constant-time comparison of the bearer key.
+fn key_matches(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+async fn api(req: Request<Incoming>, op: &Operator) -> Resp {
+    let Some(key) = &op.api_key else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the HTTP API is disabled (start with --http-api-key)",
+        );
+    };
+    let authorized = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| key_matches(given.trim().as_bytes(), key.as_bytes()));
+    if !authorized {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong `Authorization: Bearer <key>` header",
+        );
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    match (method, path.as_str()) {
+        (Method::GET, "/api/channels") => channels(op),
+        (Method::GET, "/api/stats") => stats(op),
+        (Method::POST, "/api/publish") => match body_json(req, op.max_body).await {
+            Ok(v) => publish(op, &v).await,
+            Err(r) => r,
+        },
+        (Method::POST, "/api/publish-batch") => match body_json(req, op.max_body).await {
+            Ok(v) => publish_batch(op, &v).await,
+            Err(r) => r,
+        },
+        (Method::POST, "/api/disconnect") => match body_json(req, op.max_body).await {
+            Ok(v) => disconnect(op, &v),
+            Err(r) => r,
+        },
+        (Method::POST, "/api/deauthenticate") => match body_json(req, op.max_body).await {
+            Ok(v) => deauthenticate(op, &v).await,
+            Err(r) => r,
+        },
+        (_, "/api/channels" | "/api/stats") => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        (_, "/api/publish" | "/api/publish-batch" | "/api/disconnect" | "/api/deauthenticate") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "use POST")
+        }
+        _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}
+
+/// Read and parse a JSON body (limited to `max` bytes).
+async fn body_json(req: Request<Incoming>, max: usize) -> Result<Value, Resp> {
+    let body = Limited::new(req.into_body(), max)
+        .collect()
+        .await
+        .map_err(|_| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body must be at most {max} bytes"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
+/// One publication of a request body: `{"channel": "...", "data": ...}`.
+fn publication(v: &Value, what: &str) -> Result<(String, Option<Box<RawValue>>), Resp> {
+    let Some(obj) = v.as_object() else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("{what} must be an object {{\"channel\": ..., \"data\": ...}}"),
+        ));
+    };
+    let Some(channel) = obj.get("channel").and_then(Value::as_str) else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("{what}: `channel` must be a string"),
+        ));
+    };
+    if channel.is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("{what}: `channel` must not be empty"),
+        ));
+    }
+    let data = match obj.get("data") {
+        None => None,
+        Some(d) => Some(
+            serde_json::value::to_raw_value(d)
+                .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{what}: bad data: {e}")))?,
+        ),
+    };
+    Ok((channel.to_owned(), data))
+}
+
+async fn publish(op: &Operator, v: &Value) -> Resp {
+    let (channel, data) = match publication(v, "the body") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    match op.server.exchange().publish_raw(&channel, data).await {
+        Ok(()) => json_response(StatusCode::OK, &json!({"published": 1})),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("publish failed: {e}"),
+        ),
+    }
+}
+
+async fn publish_batch(op: &Operator, v: &Value) -> Resp {
+    let items = match v.get("publications").or(Some(v)).and_then(Value::as_array) {
+        Some(a) => a,
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the body must be {\"publications\": [{\"channel\": ..., \"data\": ...}, ...]}",
+            );
+        }
+    };
+    // validate everything first: a bad element publishes nothing
+    let mut pubs = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match publication(item, &format!("publications[{i}]")) {
+            Ok(p) => pubs.push(p),
+            Err(r) => return r,
+        }
+    }
+    let exchange = op.server.exchange();
+    for (i, (channel, data)) in pubs.into_iter().enumerate() {
+        if let Err(e) = exchange.publish_raw(&channel, data).await {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": format!("publications[{i}] failed: {e}"), "published": i}),
+            );
+        }
+    }
+    json_response(StatusCode::OK, &json!({"published": items.len()}))
+}
+
+/// The sockets a disconnect/deauthenticate request selects: `{"socket": "<id>"}`, or
+/// `{"claim": "<name>", "value": <json>}` (every socket whose token has that claim value).
+fn select(op: &Operator, v: &Value) -> Result<Vec<Socket>, Resp> {
+    if let Some(id) = v.get("socket") {
+        let Some(id) = id.as_str() else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "`socket` must be a string socket id",
+            ));
+        };
+        return Ok(op.server.socket(id).into_iter().collect());
+    }
+    let (Some(claim), Some(value)) = (v.get("claim"), v.get("value")) else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "give {\"socket\": \"<id>\"} or {\"claim\": \"<name>\", \"value\": <value>}",
+        ));
+    };
+    let Some(claim) = claim.as_str() else {
+        return Err(error(StatusCode::BAD_REQUEST, "`claim` must be a string"));
+    };
+    Ok(op
+        .server
+        .clients()
+        .into_iter()
+        .filter(|s| s.auth_token().is_some_and(|t| t.get(claim) == Some(value)))
+        .collect())
+}
+
+fn disconnect(op: &Operator, v: &Value) -> Resp {
+    let sockets = match select(op, v) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let code = match v.get("code") {
+        None => DEFAULT_API_DISCONNECT_CODE,
+        Some(c) => match c.as_u64().and_then(|c| u16::try_from(c).ok()) {
+            Some(c) if (4000..=4999).contains(&c) || c == 1000 => c,
+            _ => return error(StatusCode::BAD_REQUEST, "`code` must be 1000 or 4000-4999"),
+        },
+    };
+    let reason = v
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or("Disconnected by the server");
+    for s in &sockets {
+        s.disconnect(code, reason);
+    }
+    tracing::info!(
+        count = sockets.len(),
+        code,
+        "disconnected sockets through the HTTP API"
+    );
+    json_response(StatusCode::OK, &json!({"disconnected": sockets.len()}))
+}
+
+async fn deauthenticate(op: &Operator, v: &Value) -> Resp {
+    let sockets = match select(op, v) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    for s in &sockets {
+        s.deauthenticate().await;
+    }
+    tracing::info!(
+        count = sockets.len(),
+        "deauthenticated sockets through the HTTP API"
+    );
+    json_response(StatusCode::OK, &json!({"deauthenticated": sockets.len()}))
+}
+
+fn channels(op: &Operator) -> Resp {
+    let list: Vec<Value> = op
+        .server
+        .channels()
+        .into_iter()
+        .map(|c| json!({"channel": c.name, "subscribers": c.subscribers}))
+        .collect();
+    json_response(StatusCode::OK, &json!({ "channels": list }))
+}
+
+fn stats(op: &Operator) -> Resp {
+    let s = op.server.stats();
+    let authenticated = op
+        .server
+        .clients()
+        .iter()
+        .filter(|c| c.is_authenticated())
+        .count();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "sockets": s.clients,
+            "authenticatedSockets": authenticated,
+            "pendingSockets": s.pending_clients,
+            "channels": s.channels,
+            "messagesIn": s.messages_received,
+            "messagesOut": s.messages_sent,
+            "bytesIn": s.bytes_received,
+            "bytesOut": s.bytes_sent,
+            "publications": s.publications,
+            "connectionsAccepted": s.connections_accepted,
+            "slowConsumerDisconnects": s.slow_consumer_disconnects,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_path_ignores_the_query() {
+        assert_eq!(
+            request_path(b"GET /socketcluster/?a=1 HTTP/1.1\r\nHost: x\r\n\r\n").as_deref(),
+            Some("/socketcluster/")
+        );
+        assert_eq!(
+            request_path(b"POST /api/publish HTTP/1.1\r\n\r\n").as_deref(),
+            Some("/api/publish")
+        );
+        assert_eq!(request_path(b"garbage"), None);
+    }
+
+    fn operator() -> Operator {
+        Operator {
+            server: Server::new(socketcluster_server::ServerConfig::default()).unwrap(),
+            ws_path: "/socketcluster/".into(),
+            api_key: None,
+            metrics: None,
+            shutting_down: AtomicBool::new(false),
+            max_body: 1024,
+            backplane: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn health_is_503_while_shutting_down() {
+        let op = operator();
+        assert_eq!(health(&op).status(), StatusCode::OK);
+        op.shutting_down.store(true, Ordering::Release);
+        assert_eq!(health(&op).status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn health_reports_a_backplane_outage_without_failing() {
+        let mut op = operator();
+        op.backplane = Some(Box::new(|| (false, json!({"state": "disconnected"}))));
+        let r = health(&op);
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], "degraded");
+        assert_eq!(v["backplane"]["state"], "disconnected");
+    }
+
+    #[test]
+    fn bearer_keys_compare_exactly() {
+        assert!(key_matches(b"abc", b"abc"));
+        assert!(!key_matches(b"abd", b"abc"));
+        assert!(!key_matches(b"ab", b"abc"));
+    }
+}

@@ -1,0 +1,253 @@
+//! `socketcluster serve`: a standalone SocketCluster server.
+
+pub(crate) mod http;
+mod metrics;
+mod rewind;
+pub(crate) mod settings;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socketcluster_server::Limits;
+use socketcluster_server::auth::{AuthConfig, AuthKey, JwtAlgorithm};
+use socketcluster_server::{ProtocolVersion, Server, ServerConfig};
+
+use settings::{InvalidSetting, LogFormat, ServeArgs, Settings};
+
+/// Exit status for an invalid configuration.
+const EXIT_CONFIG: u8 = 2;
+
+/// Turn validated settings into the server library's configuration. Reading key and
+/// certificate files happens here, so every failure names its setting.
+pub(crate) fn server_config(s: &Settings) -> Result<ServerConfig, InvalidSetting> {
+    let bad = |setting: &'static str, message: String| InvalidSetting { setting, message };
+    let algorithm: JwtAlgorithm = s.auth_algorithm.parse().map_err(|_| {
+        bad(
+            "auth-algorithm",
+            format!("unsupported: {}", s.auth_algorithm),
+        )
+    })?;
+    let key = match (&s.auth_key, &s.auth_key_file, &s.auth_public_key_file) {
+        (Some(k), _, _) => AuthKey::secret(k.clone()),
+        (None, Some(private), Some(public)) => {
+            AuthKey::pem_files(private, public).map_err(|e| bad("auth-key-file", e.to_string()))?
+        }
+        (None, Some(file), None) => {
+            AuthKey::secret_file(file).map_err(|e| bad("auth-key-file", e.to_string()))?
+        }
+        (None, None, _) => AuthKey::Random,
+    };
+    let mut auth = AuthConfig::default();
+    auth.key = key;
+    auth.algorithm = Some(algorithm);
+    auth.default_expiry = s.auth_default_expiry;
+    let tls = match (&s.tls_cert, &s.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            socketcluster_server::tls::server_config_from_pem_files(cert, key)
+                .map_err(|e| bad("tls-cert", e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let limits = Limits::default()
+        .max_payload(s.max_payload)
+        .socket_channel_limit(Some(s.socket_channel_limit));
+    let version = if s.protocol_version == 1 {
+        ProtocolVersion::V1
+    } else {
+        ProtocolVersion::V2
+    };
+    let config = ServerConfig::default()
+        .with_host(s.host.clone())
+        .with_port(s.port)
+        .with_path(s.path.clone())
+        .with_protocol_version(version)
+        .with_auth(auth)
+        .with_auth_channels(s.auth_channels.clone())
+        .with_allow_client_publish(!s.no_client_publish)
+        .with_ping_interval(Duration::from_millis(s.ping_interval))
+        .with_ping_timeout(Duration::from_millis(s.ping_timeout))
+        .with_handshake_timeout(Duration::from_millis(s.handshake_timeout))
+        .with_ack_timeout(Duration::from_millis(s.ack_timeout))
+        .with_origins(s.origins.clone())
+        .with_tls(tls)
+        .with_limits(limits);
+    // Validate the auth settings now (keys parse, algorithm fits the key) so that a bad
+    // key is a configuration error, not a start-up crash.
+    socketcluster_server::auth::AuthEngine::new(&config.auth).map_err(|e| {
+        bad(
+            if s.auth_key_file.is_some() {
+                "auth-key-file"
+            } else {
+                "auth-key"
+            },
+            e.to_string(),
+        )
+    })?;
+    Ok(config)
+}
+
+fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
+    let default = match (verbose, quiet) {
+        (0, 0) => "info",
+        (0, 1) => "warn",
+        (0, _) => "error",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(crate::filter_for(default)));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+/// Wait for SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Re-sign the token of every authenticated socket every `every`: the same claims with
+/// a fresh `iat`/`exp`, so a connected socket never expires while a leaked token still
+/// dies after `auth-default-expiry`.
+async fn renew_tokens(server: Server, every: Duration, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await; // the first tick is immediate
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut renewed = 0usize;
+        for socket in server.clients() {
+            let Some(claims) = socket.auth_token() else {
+                continue;
+            };
+            let mut claims = (*claims).clone();
+            claims.shift_remove("iat");
+            claims.shift_remove("exp");
+            match socket
+                .set_auth_token(&claims, socketcluster_server::auth::SignOptions::default())
+                .await
+            {
+                Ok(_) => renewed += 1,
+                Err(e) => {
+                    tracing::debug!(socket = socket.id(), error = %e, "token renewal skipped")
+                }
+            }
+        }
+        tracing::debug!(renewed, "renewed tokens");
+    }
+}
+
+pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
+    let settings = match args.file_settings().and_then(|f| args.resolve(f)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.print_config {
+        print!("{}", settings.to_redacted_toml());
+        return ExitCode::SUCCESS;
+    }
+    let config = match server_config(&settings) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(verbose, quiet, settings.log_format);
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let max_body = config.limits.max_payload;
+    let metrics = metrics::install();
+    let server = match Server::new(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot start the server: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let listener =
+        match tokio::net::TcpListener::bind((settings.host.as_str(), settings.port)).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot listen on {}:{}: {e}", settings.host, settings.port);
+                return ExitCode::from(1);
+            }
+        };
+    let addr = listener.local_addr().ok();
+    let operator = Arc::new(http::Operator {
+        server: server.clone(),
+        ws_path: settings.path.clone(),
+        api_key: settings.http_api_key.clone(),
+        metrics,
+        shutting_down: std::sync::atomic::AtomicBool::new(false),
+        max_body,
+        backplane: None,
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let accept = tokio::spawn(http::accept_loop(
+        listener,
+        tls,
+        operator.clone(),
+        stop.clone(),
+    ));
+    if let Some(every) = settings.token_renewal {
+        tokio::spawn(renew_tokens(
+            server.clone(),
+            Duration::from_secs(every),
+            stop.clone(),
+        ));
+    }
+    let scheme = if settings.tls_cert.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
+    if let Some(addr) = addr {
+        tracing::info!(
+            %addr,
+            url = %format!("{scheme}://{addr}{}", settings.path),
+            http_api = settings.http_api_key.is_some(),
+            "listening"
+        );
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: closing every socket with 1001 (clients reconnect)");
+    // While draining, /health answers 503 and new WebSocket connections are refused
+    // with 503, so a load balancer moves traffic away; then the listener stops.
+    operator
+        .shutting_down
+        .store(true, std::sync::atomic::Ordering::Release);
+    server.shutdown().await;
+    stop.cancel();
+    let _ = accept.await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,543 @@
+//! `socketcluster serve` settings: command-line flags, `SOCKETCLUSTER_*` environment
+//! variables and a TOML file, merged with the precedence flags > environment > file >
+//! defaults, validated before anything is bound.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::Args;
+use clap::builder::BoolishValueParser;
+use serde::{Deserialize, Serialize};
+
+/// Flags of `socketcluster serve`. Every flag can also be set with the environment
+/// variable named after it (`--ping-interval` -> `SOCKETCLUSTER_PING_INTERVAL`) or with the
+/// same key in the `--config` TOML file (`ping-interval = 8000`).
+#[derive(Debug, Args, Default)]
+pub(crate) struct ServeArgs {
+    /// TOML file with the same settings as the flags (kebab-case keys).
+    #[arg(long, env = "SOCKETCLUSTER_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    pub(crate) print_config: bool,
+
+    /// Listen address. Default 127.0.0.1.
+    #[arg(long, env = "SOCKETCLUSTER_HOST")]
+    host: Option<String>,
+    /// Listen port (0 picks a free one). Default 8000.
+    #[arg(long, env = "SOCKETCLUSTER_PORT")]
+    port: Option<u16>,
+    /// WebSocket path, matched exactly. Default /socketcluster/.
+    #[arg(long, env = "SOCKETCLUSTER_PATH")]
+    path: Option<String>,
+    /// HMAC key for tokens. Default: a random key, with a loud warning that tokens will not
+    /// survive a restart.
+    #[arg(long, env = "SOCKETCLUSTER_AUTH_KEY")]
+    auth_key: Option<String>,
+    /// File with the HMAC key, or the PEM private key for RS/ES/PS algorithms (a trailing
+    /// newline is ignored).
+    #[arg(long, env = "SOCKETCLUSTER_AUTH_KEY_FILE")]
+    auth_key_file: Option<PathBuf>,
+    /// PEM public key that verifies tokens for RS/ES/PS algorithms.
+    #[arg(long, env = "SOCKETCLUSTER_AUTH_PUBLIC_KEY_FILE")]
+    auth_public_key_file: Option<PathBuf>,
+    /// Token algorithm: HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256,
+    /// ES384. Default HS256.
+    #[arg(long, env = "SOCKETCLUSTER_AUTH_ALGORITHM")]
+    auth_algorithm: Option<String>,
+    /// Default token lifetime in seconds. Default 86400.
+    #[arg(long, env = "SOCKETCLUSTER_AUTH_DEFAULT_EXPIRY")]
+    auth_default_expiry: Option<u64>,
+    /// Channel glob (`private/*`) whose subscribers and publishers must be authenticated.
+    /// Repeatable; the environment variable takes a comma-separated list.
+    #[arg(long, env = "SOCKETCLUSTER_AUTH_CHANNELS", value_delimiter = ',')]
+    auth_channels: Vec<String>,
+    /// Clients may not publish; only the server and its HTTP API do.
+    #[arg(long, env = "SOCKETCLUSTER_NO_CLIENT_PUBLISH", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    no_client_publish: Option<bool>,
+    /// Ping period in ms. Default 8000.
+    #[arg(long, env = "SOCKETCLUSTER_PING_INTERVAL")]
+    ping_interval: Option<u64>,
+    /// Pong deadline in ms, advertised to clients. Default 20000.
+    #[arg(long, env = "SOCKETCLUSTER_PING_TIMEOUT")]
+    ping_timeout: Option<u64>,
+    /// Protocol version: 1 (SocketCluster <= 14 clients) or 2. Default 2.
+    #[arg(long, env = "SOCKETCLUSTER_PROTOCOL_VERSION")]
+    protocol_version: Option<u8>,
+    /// Allowed origins, e.g. `example.com:443 foo.org:*` (JS `origins`). Default `*:*`.
+    #[arg(long, env = "SOCKETCLUSTER_ORIGINS")]
+    origins: Option<String>,
+    /// Enables the HTTP API on the same port; requests need `Authorization: Bearer KEY`.
+    #[arg(long, env = "SOCKETCLUSTER_HTTP_API_KEY")]
+    http_api_key: Option<String>,
+    /// PEM certificate chain for wss:// and https://.
+    #[arg(long, env = "SOCKETCLUSTER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for wss:// and https://.
+    #[arg(long, env = "SOCKETCLUSTER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Re-sign the token of every authenticated socket at this interval (seconds).
+    #[arg(long, env = "SOCKETCLUSTER_TOKEN_RENEWAL")]
+    token_renewal: Option<u64>,
+    /// Log format on stderr: text or json. Default text.
+    #[arg(long, env = "SOCKETCLUSTER_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// Largest inbound message in bytes. Default 8388608.
+    #[arg(long, env = "SOCKETCLUSTER_MAX_PAYLOAD")]
+    max_payload: Option<usize>,
+    /// Channels one socket may subscribe to. Default 10000.
+    #[arg(long, env = "SOCKETCLUSTER_SOCKET_CHANNEL_LIMIT")]
+    socket_channel_limit: Option<usize>,
+    /// Close sockets that send no #handshake within this many ms (4005). Default 10000.
+    #[arg(long, env = "SOCKETCLUSTER_HANDSHAKE_TIMEOUT")]
+    handshake_timeout: Option<u64>,
+    /// Timeout in ms of server -> client invokes. Default 10000.
+    #[arg(long, env = "SOCKETCLUSTER_ACK_TIMEOUT")]
+    ack_timeout: Option<u64>,
+}
+
+/// The same settings as they appear in the TOML file (and in `--print-config`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct FileSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) auth_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) auth_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) auth_public_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) auth_algorithm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) auth_default_expiry: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) auth_channels: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) no_client_publish: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ping_interval: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ping_timeout: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) protocol_version: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) origins: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) http_api_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) token_renewal: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) log_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_payload: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) socket_channel_limit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) handshake_timeout: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ack_timeout: Option<u64>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The effective, validated settings.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Settings {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) path: String,
+    pub(crate) auth_key: Option<String>,
+    pub(crate) auth_key_file: Option<PathBuf>,
+    pub(crate) auth_public_key_file: Option<PathBuf>,
+    pub(crate) auth_algorithm: String,
+    pub(crate) auth_default_expiry: u64,
+    pub(crate) auth_channels: Vec<String>,
+    pub(crate) no_client_publish: bool,
+    pub(crate) ping_interval: u64,
+    pub(crate) ping_timeout: u64,
+    pub(crate) protocol_version: u8,
+    pub(crate) origins: String,
+    pub(crate) http_api_key: Option<String>,
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
+    pub(crate) token_renewal: Option<u64>,
+    pub(crate) log_format: LogFormat,
+    pub(crate) max_payload: usize,
+    pub(crate) socket_channel_limit: usize,
+    pub(crate) handshake_timeout: u64,
+    pub(crate) ack_timeout: u64,
+}
+
+/// An invalid setting: the message names it. `serve` exits with status 2.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct InvalidSetting {
+    pub(crate) setting: &'static str,
+    pub(crate) message: String,
+}
+
+impl fmt::Display for InvalidSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid configuration: {}: {}",
+            self.setting, self.message
+        )
+    }
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> InvalidSetting {
+    InvalidSetting {
+        setting,
+        message: message.into(),
+    }
+}
+
+const ALGORITHMS: &[&str] = &[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384",
+];
+
+impl ServeArgs {
+    /// Read the `--config` file, if any.
+    pub(crate) fn file_settings(&self) -> Result<FileSettings, InvalidSetting> {
+        let Some(path) = &self.config else {
+            return Ok(FileSettings::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid("config", format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            invalid(
+                "config",
+                format!("{}: {}", path.display(), e.message().trim_end()),
+            )
+        })
+    }
+
+    /// Merge flags/environment (already merged by clap, flags first) over the file over
+    /// the defaults, and validate.
+    pub(crate) fn resolve(&self, file: FileSettings) -> Result<Settings, InvalidSetting> {
+        let a = self;
+        let pick_vec = |flag: &Vec<String>, file: Option<Vec<String>>| {
+            if flag.is_empty() {
+                file.unwrap_or_default()
+            } else {
+                flag.clone()
+            }
+        };
+        let log_format = match a
+            .log_format
+            .clone()
+            .or(file.log_format)
+            .as_deref()
+            .unwrap_or("text")
+        {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log-format",
+                    format!("must be text or json, got {other:?}"),
+                ));
+            }
+        };
+        let s = Settings {
+            host: a
+                .host
+                .clone()
+                .or(file.host)
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            port: a.port.or(file.port).unwrap_or(8000),
+            path: a
+                .path
+                .clone()
+                .or(file.path)
+                .unwrap_or_else(|| "/socketcluster/".into()),
+            auth_key: a.auth_key.clone().or(file.auth_key),
+            auth_key_file: a.auth_key_file.clone().or(file.auth_key_file),
+            auth_public_key_file: a.auth_public_key_file.clone().or(file.auth_public_key_file),
+            auth_algorithm: a
+                .auth_algorithm
+                .clone()
+                .or(file.auth_algorithm)
+                .unwrap_or_else(|| "HS256".into())
+                .to_ascii_uppercase(),
+            auth_default_expiry: a
+                .auth_default_expiry
+                .or(file.auth_default_expiry)
+                .unwrap_or(86_400),
+            auth_channels: pick_vec(&a.auth_channels, file.auth_channels),
+            no_client_publish: a
+                .no_client_publish
+                .or(file.no_client_publish)
+                .unwrap_or(false),
+            ping_interval: a.ping_interval.or(file.ping_interval).unwrap_or(8_000),
+            ping_timeout: a.ping_timeout.or(file.ping_timeout).unwrap_or(20_000),
+            protocol_version: a.protocol_version.or(file.protocol_version).unwrap_or(2),
+            origins: a
+                .origins
+                .clone()
+                .or(file.origins)
+                .unwrap_or_else(|| "*:*".into()),
+            http_api_key: a.http_api_key.clone().or(file.http_api_key),
+            tls_cert: a.tls_cert.clone().or(file.tls_cert),
+            tls_key: a.tls_key.clone().or(file.tls_key),
+            token_renewal: a.token_renewal.or(file.token_renewal),
+            log_format,
+            max_payload: a.max_payload.or(file.max_payload).unwrap_or(8 << 20),
+            socket_channel_limit: a
+                .socket_channel_limit
+                .or(file.socket_channel_limit)
+                .unwrap_or(10_000),
+            handshake_timeout: a
+                .handshake_timeout
+                .or(file.handshake_timeout)
+                .unwrap_or(10_000),
+            ack_timeout: a.ack_timeout.or(file.ack_timeout).unwrap_or(10_000),
+        };
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+impl Settings {
+    fn validate(&self) -> Result<(), InvalidSetting> {
+        if !self.path.starts_with('/') {
+            return Err(invalid(
+                "path",
+                format!("must start with '/', got {:?}", self.path),
+            ));
+        }
+        if !ALGORITHMS.contains(&self.auth_algorithm.as_str()) {
+            return Err(invalid(
+                "auth-algorithm",
+                format!(
+                    "must be one of {}, got {:?}",
+                    ALGORITHMS.join(", "),
+                    self.auth_algorithm
+                ),
+            ));
+        }
+        if self.auth_key.is_some() && self.auth_key_file.is_some() {
+            return Err(invalid(
+                "auth-key",
+                "give either auth-key or auth-key-file, not both",
+            ));
+        }
+        let asymmetric = !self.auth_algorithm.starts_with("HS");
+        if asymmetric && (self.auth_key_file.is_none() || self.auth_public_key_file.is_none()) {
+            return Err(invalid(
+                "auth-key-file",
+                format!(
+                    "{} needs a PEM private key (auth-key-file) and a PEM public key (auth-public-key-file)",
+                    self.auth_algorithm
+                ),
+            ));
+        }
+        if !asymmetric && self.auth_public_key_file.is_some() {
+            return Err(invalid(
+                "auth-public-key-file",
+                format!(
+                    "only used with RS/ES/PS algorithms, not {}",
+                    self.auth_algorithm
+                ),
+            ));
+        }
+        if matches!(&self.auth_key, Some(k) if k.is_empty()) {
+            return Err(invalid("auth-key", "must not be empty"));
+        }
+        for f in [
+            &self.auth_key_file,
+            &self.auth_public_key_file,
+            &self.tls_cert,
+            &self.tls_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !f.is_file() {
+                let setting = if Some(f) == self.auth_key_file.as_ref() {
+                    "auth-key-file"
+                } else if Some(f) == self.auth_public_key_file.as_ref() {
+                    "auth-public-key-file"
+                } else if Some(f) == self.tls_cert.as_ref() {
+                    "tls-cert"
+                } else {
+                    "tls-key"
+                };
+                return Err(invalid(
+                    setting,
+                    format!("{} is not a readable file", f.display()),
+                ));
+            }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid("tls-cert", "tls-cert and tls-key go together"));
+        }
+        if !matches!(self.protocol_version, 1 | 2) {
+            return Err(invalid(
+                "protocol-version",
+                format!("must be 1 or 2, got {}", self.protocol_version),
+            ));
+        }
+        if self.ping_interval == 0 {
+            return Err(invalid("ping-interval", "must be greater than 0"));
+        }
+        if self.ping_timeout <= self.ping_interval {
+            return Err(invalid(
+                "ping-timeout",
+                format!(
+                    "must be greater than ping-interval ({} ms), or clients time out between pings; got {} ms",
+                    self.ping_interval, self.ping_timeout
+                ),
+            ));
+        }
+        if self.auth_default_expiry == 0 {
+            return Err(invalid("auth-default-expiry", "must be greater than 0"));
+        }
+        if self.token_renewal == Some(0) {
+            return Err(invalid("token-renewal", "must be greater than 0"));
+        }
+        if self.max_payload < 1024 {
+            return Err(invalid("max-payload", "must be at least 1024 bytes"));
+        }
+        if self.http_api_key.as_deref() == Some("") {
+            return Err(invalid("http-api-key", "must not be empty"));
+        }
+        for p in &self.auth_channels {
+            if p.is_empty() {
+                return Err(invalid("auth-channels", "patterns must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets replaced by `<redacted>`.
+    pub(crate) fn to_redacted_toml(&self) -> String {
+        let redact = |s: &Option<String>| s.as_ref().map(|_| "<redacted>".to_owned());
+        let f = FileSettings {
+            host: Some(self.host.clone()),
+            port: Some(self.port),
+            path: Some(self.path.clone()),
+            auth_key: redact(&self.auth_key),
+            auth_key_file: self.auth_key_file.clone(),
+            auth_public_key_file: self.auth_public_key_file.clone(),
+            auth_algorithm: Some(self.auth_algorithm.clone()),
+            auth_default_expiry: Some(self.auth_default_expiry),
+            auth_channels: Some(self.auth_channels.clone()),
+            no_client_publish: Some(self.no_client_publish),
+            ping_interval: Some(self.ping_interval),
+            ping_timeout: Some(self.ping_timeout),
+            protocol_version: Some(self.protocol_version),
+            origins: Some(self.origins.clone()),
+            http_api_key: redact(&self.http_api_key),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            token_renewal: self.token_renewal,
+            log_format: Some(
+                match self.log_format {
+                    LogFormat::Text => "text",
+                    LogFormat::Json => "json",
+                }
+                .to_owned(),
+            ),
+            max_payload: Some(self.max_payload),
+            socket_channel_limit: Some(self.socket_channel_limit),
+            handshake_timeout: Some(self.handshake_timeout),
+            ack_timeout: Some(self.ack_timeout),
+        };
+        toml::to_string(&f).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: ServeArgs,
+    }
+
+    fn args(v: &[&str]) -> ServeArgs {
+        let mut all = vec!["x"];
+        all.extend_from_slice(v);
+        T::parse_from(all).a
+    }
+
+    #[test]
+    fn defaults_are_the_cli_contract() {
+        let s = args(&[]).resolve(FileSettings::default()).unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port, s.path.as_str()),
+            ("127.0.0.1", 8000, "/socketcluster/")
+        );
+        assert_eq!(
+            (s.ping_interval, s.ping_timeout, s.protocol_version),
+            (8000, 20000, 2)
+        );
+        assert_eq!(s.auth_algorithm, "HS256");
+        assert_eq!(s.auth_default_expiry, 86_400);
+        assert!(!s.no_client_publish);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file: FileSettings = toml::from_str("port = 9000\nping-interval = 1000\nauth-channels = [\"a/*\"]\nno-client-publish = true").unwrap();
+        let s = args(&["--port", "9100", "--auth-channels", "b/*"])
+            .resolve(file)
+            .unwrap();
+        assert_eq!(s.port, 9100);
+        assert_eq!(s.ping_interval, 1000);
+        assert_eq!(s.auth_channels, vec!["b/*".to_owned()]);
+        assert!(s.no_client_publish);
+    }
+
+    #[test]
+    fn invalid_settings_are_named() {
+        let e = args(&["--protocol-version", "3"])
+            .resolve(FileSettings::default())
+            .unwrap_err();
+        assert_eq!(e.setting, "protocol-version");
+        let e = args(&["--ping-interval", "5000", "--ping-timeout", "4000"])
+            .resolve(FileSettings::default())
+            .unwrap_err();
+        assert_eq!(e.setting, "ping-timeout");
+        let e = args(&["--auth-algorithm", "none"])
+            .resolve(FileSettings::default())
+            .unwrap_err();
+        assert_eq!(e.setting, "auth-algorithm");
+        assert!(toml::from_str::<FileSettings>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn print_config_redacts_secrets() {
+        let s = args(&["--auth-key", "supersecret", "--http-api-key", "apikey"])
+            .resolve(FileSettings::default())
+            .unwrap();
+        let t = s.to_redacted_toml();
+        assert!(!t.contains("supersecret") && !t.contains("apikey"), "{t}");
+        assert!(t.contains("auth-key = \"<redacted>\""));
+        // the printed configuration is itself a valid config file
+        let back: FileSettings = toml::from_str(&t).unwrap();
+        assert_eq!(back.port, Some(8000));
+    }
+}

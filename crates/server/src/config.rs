@@ -1,0 +1,250 @@
+//! Server configuration. Every default equals the JS `socketcluster-server` 20 default
+//! unless stated otherwise (PROTOCOL.md 9.1).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socketcluster_protocol::ProtocolVersion;
+
+use crate::auth::AuthConfig;
+use crate::limits::Limits;
+
+/// What happens when a client invokes a procedure that has no handler.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnhandledProcedure {
+    /// Send nothing: the caller times out (JS behaviour, PROTOCOL.md 3.4). Default.
+    #[default]
+    NoReply,
+    /// Answer `{"name":"UnhandledProcedureError","message":"No handler for procedure <name>"}`.
+    Error,
+}
+
+/// Server configuration.
+///
+/// ```
+/// use std::time::Duration;
+/// use socketcluster_server::{ServerConfig, auth::AuthConfig};
+/// let config = ServerConfig::default()
+///     .with_port(0)
+///     .with_auth(AuthConfig::with_secret("testkey"))
+///     .with_ping_interval(Duration::from_secs(5));
+/// assert_eq!(config.path, "/socketcluster/");
+/// assert_eq!(config.ping_timeout, Duration::from_millis(30000));
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Address to bind for [`crate::Server::listen`]. Default `0.0.0.0` (JS `listen()`
+    /// binds every interface).
+    pub host: String,
+    /// Port to bind; `0` picks a free port. Default 8000 (the SocketCluster default).
+    pub port: u16,
+    /// WebSocket path, matched exactly (query excluded). Default `/socketcluster/`.
+    pub path: String,
+    /// Heartbeat encoding for every socket (1: `#1`/`#2`, 2: `""`). Default 2.
+    pub protocol_version: ProtocolVersion,
+    /// JWT keys and options. Default: random key (with a warning), HS256, 86400 s expiry.
+    pub auth: AuthConfig,
+    /// Channel name patterns (`*` matches any run of characters) that require an
+    /// authenticated socket to subscribe or to publish (no JS equivalent; JS apps do this
+    /// in middleware). Refusals: `UnauthorizedSubscribeError` / `UnauthorizedPublishError`
+    /// ("Socket <id> must be authenticated to subscribe to the <ch> channel" / "... to
+    /// publish to ..."). Default: empty.
+    pub auth_channels: Vec<String>,
+    /// When a socket loses its authentication (deauthenticate, bad `#authenticate`, token
+    /// expiry), kick it out of its `auth_channels` subscriptions (`#kickOut` with message
+    /// `Authentication required`). A JS server enforcing private channels in middleware
+    /// does not do this; set false for identical behaviour. Default true.
+    pub auth_channels_kick_out: bool,
+    /// Whether clients may `#publish` (JS `allowClientPublish`). Default true.
+    pub allow_client_publish: bool,
+    /// Server → client invoke timeout (JS `ackTimeout`). Default 10000 ms.
+    pub ack_timeout: Duration,
+    /// Close with 4005 when no `#handshake` arrives in time (JS `handshakeTimeout`).
+    /// Default 10000 ms.
+    pub handshake_timeout: Duration,
+    /// Close with 4009 on anything but `#handshake` before the handshake (JS
+    /// `strictHandshake`). Default true.
+    pub strict_handshake: bool,
+    /// Ping period (JS `pingInterval`). Default 8000 ms.
+    pub ping_interval: Duration,
+    /// Pong deadline, advertised in the handshake reply (JS `pingTimeout`). Default 30000 ms.
+    pub ping_timeout: Duration,
+    /// Send no pings and keep no pong deadline (JS `pingTimeoutDisabled`). Default false.
+    pub ping_timeout_disabled: bool,
+    /// Allowed origins (JS `origins`), e.g. `"example.com:443 foo.org:*"`. Default `*:*`.
+    pub origins: String,
+    /// TLS for the built-in listener (`wss://`). Default none.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Behaviour for invokes of unknown procedures. Default: no reply (JS).
+    pub unhandled_procedure: UnhandledProcedure,
+    /// Deauthenticate a socket at the moment its token expires (a timer), instead of
+    /// only at its next inbound message or pong like the JS server. Default true.
+    pub token_expiry_timer: bool,
+    /// Capacity of the [`crate::Server::events`] broadcast buffer (slow event consumers
+    /// miss events beyond it). Default 1024.
+    pub event_buffer: usize,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("path", &self.path)
+            .field("protocol_version", &self.protocol_version)
+            .field("auth", &self.auth)
+            .field("auth_channels", &self.auth_channels)
+            .field("auth_channels_kick_out", &self.auth_channels_kick_out)
+            .field("allow_client_publish", &self.allow_client_publish)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("strict_handshake", &self.strict_handshake)
+            .field("ping_interval", &self.ping_interval)
+            .field("ping_timeout", &self.ping_timeout)
+            .field("ping_timeout_disabled", &self.ping_timeout_disabled)
+            .field("origins", &self.origins)
+            .field("tls", &self.tls.is_some())
+            .field("limits", &self.limits)
+            .field("unhandled_procedure", &self.unhandled_procedure)
+            .field("token_expiry_timer", &self.token_expiry_timer)
+            .finish()
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".to_owned(),
+            port: 8000,
+            path: "/socketcluster/".to_owned(),
+            protocol_version: ProtocolVersion::V2,
+            auth: AuthConfig::default(),
+            auth_channels: Vec::new(),
+            auth_channels_kick_out: true,
+            allow_client_publish: true,
+            ack_timeout: Duration::from_millis(10_000),
+            handshake_timeout: Duration::from_millis(10_000),
+            strict_handshake: true,
+            ping_interval: Duration::from_millis(8_000),
+            ping_timeout: Duration::from_millis(30_000),
+            ping_timeout_disabled: false,
+            origins: "*:*".to_owned(),
+            tls: None,
+            limits: Limits::default(),
+            unhandled_procedure: UnhandledProcedure::NoReply,
+            token_expiry_timer: true,
+            event_buffer: 1024,
+        }
+    }
+}
+
+macro_rules! setter {
+    ($(#[$m:meta])* $name:ident, $field:ident: $ty:ty) => {
+        $(#[$m])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.$field = value;
+            self
+        }
+    };
+}
+
+impl ServerConfig {
+    setter!(/// Set `port`.
+        with_port, port: u16);
+    setter!(/// Set `protocol_version`.
+        with_protocol_version, protocol_version: ProtocolVersion);
+    setter!(/// Set `auth`.
+        with_auth, auth: AuthConfig);
+    setter!(/// Set `auth_channels`.
+        with_auth_channels, auth_channels: Vec<String>);
+    setter!(/// Set `auth_channels_kick_out`.
+        with_auth_channels_kick_out, auth_channels_kick_out: bool);
+    setter!(/// Set `allow_client_publish`.
+        with_allow_client_publish, allow_client_publish: bool);
+    setter!(/// Set `ack_timeout`.
+        with_ack_timeout, ack_timeout: Duration);
+    setter!(/// Set `handshake_timeout`.
+        with_handshake_timeout, handshake_timeout: Duration);
+    setter!(/// Set `strict_handshake`.
+        with_strict_handshake, strict_handshake: bool);
+    setter!(/// Set `ping_interval`.
+        with_ping_interval, ping_interval: Duration);
+    setter!(/// Set `ping_timeout`.
+        with_ping_timeout, ping_timeout: Duration);
+    setter!(/// Set `ping_timeout_disabled`.
+        with_ping_timeout_disabled, ping_timeout_disabled: bool);
+    setter!(/// Set `tls`.
+        with_tls, tls: Option<Arc<rustls::ServerConfig>>);
+    setter!(/// Set `limits`.
+        with_limits, limits: Limits);
+    setter!(/// Set `unhandled_procedure`.
+        with_unhandled_procedure, unhandled_procedure: UnhandledProcedure);
+    setter!(/// Set `token_expiry_timer`.
+        with_token_expiry_timer, token_expiry_timer: bool);
+
+    /// Set `host`.
+    pub fn with_host(mut self, host: impl Into<String>) -> Self {
+        self.host = host.into();
+        self
+    }
+    /// Set `path`.
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+    /// Set `origins`.
+    pub fn with_origins(mut self, origins: impl Into<String>) -> Self {
+        self.origins = origins.into();
+        self
+    }
+}
+
+/// `*` glob matching for [`ServerConfig::auth_channels`].
+pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
+    let p = pattern.as_bytes();
+    let n = name.as_bytes();
+    let (mut pi, mut ni) = (0usize, 0usize);
+    let (mut star, mut mark) = (None::<usize>, 0usize);
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn glob_matches_stars() {
+        assert!(glob_match("private-*", "private-bob"));
+        assert!(glob_match("private-*", "private-"));
+        assert!(!glob_match("private-*", "public"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+    }
+}

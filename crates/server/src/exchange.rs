@@ -1,0 +1,154 @@
+//! Server-side publish and subscribe (JS `server.exchange`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use serde::Serialize;
+use socketcluster_protocol::RawValue;
+use tokio::sync::mpsc;
+
+use crate::broker::BrokerError;
+use crate::channel::{ExchangeSink, Publication, Removed, Subscriber};
+use crate::error::PublishError;
+use crate::server::ServerInner;
+
+/// Capacity of an exchange subscription's queue; when a consumer falls this far behind,
+/// further publications are dropped for it and counted in
+/// [`ExchangeSubscription::dropped`].
+pub const EXCHANGE_SUBSCRIPTION_CAPACITY: usize = 1024;
+
+/// Publish to channels and subscribe to them from Rust code.
+///
+/// ```no_run
+/// # async fn demo(server: socketcluster_server::Server) -> Result<(), Box<dyn std::error::Error>> {
+/// use futures_util::StreamExt;
+/// let exchange = server.exchange();
+/// let mut sub = exchange.subscribe("news").await?;
+/// exchange.publish("news", &serde_json::json!({"headline": "hi"})).await?;
+/// let publication = sub.next().await.unwrap();
+/// assert_eq!(publication.data::<serde_json::Value>()?["headline"], "hi");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Exchange {
+    pub(crate) inner: Arc<ServerInner>,
+}
+
+impl Exchange {
+    /// Publish serializable data to a channel (JS `exchange.transmitPublish`).
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        data: &T,
+    ) -> Result<(), PublishError> {
+        let raw = serde_json::value::to_raw_value(data)
+            .map_err(|e| PublishError::Serialize(e.to_string()))?;
+        self.publish_raw(channel, Some(raw)).await
+    }
+
+    /// Publish raw JSON (`None`: a publication without data).
+    pub async fn publish_raw(
+        &self,
+        channel: &str,
+        data: Option<Box<RawValue>>,
+    ) -> Result<(), PublishError> {
+        let p = Publication::new(channel, data);
+        self.inner
+            .stats
+            .publications
+            .fetch_add(1, Ordering::Relaxed);
+        self.inner.broker.publish(p).await?;
+        Ok(())
+    }
+
+    /// Subscribe to a channel from the server. The subscription is a `Stream` of
+    /// publications; dropping it unsubscribes.
+    pub async fn subscribe(&self, channel: &str) -> Result<ExchangeSubscription, BrokerError> {
+        let (tx, rx) = mpsc::channel(EXCHANGE_SUBSCRIPTION_CAPACITY);
+        let sink = Arc::new(ExchangeSink {
+            key: self.inner.next_key(),
+            tx,
+            dropped: AtomicU64::new(0),
+        });
+        let first = self
+            .inner
+            .hub
+            .add(channel, Subscriber::Exchange(sink.clone()));
+        if first && let Err(e) = self.inner.broker.subscribe(channel).await {
+            self.inner.hub.remove(channel, sink.key);
+            return Err(e);
+        }
+        Ok(ExchangeSubscription {
+            channel: channel.to_owned(),
+            rx,
+            sink,
+            inner: self.inner.clone(),
+        })
+    }
+
+    /// Whether an exchange subscription exists for the channel on this server.
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.inner.hub.has_exchange_subscriber(channel)
+    }
+
+    /// Channels with at least one exchange subscription on this server.
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.inner
+            .hub
+            .channels()
+            .into_iter()
+            .filter(|(_, _, ex)| *ex > 0)
+            .map(|(c, _, _)| c)
+            .collect()
+    }
+}
+
+/// A server-side channel subscription: a `Stream` of [`Publication`]s.
+pub struct ExchangeSubscription {
+    channel: String,
+    rx: mpsc::Receiver<Arc<Publication>>,
+    sink: Arc<ExchangeSink>,
+    inner: Arc<ServerInner>,
+}
+
+impl ExchangeSubscription {
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The next publication (`None` never happens while the server lives).
+    pub async fn recv(&mut self) -> Option<Arc<Publication>> {
+        self.rx.recv().await
+    }
+
+    /// Publications dropped because this subscription's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.sink.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Stream for ExchangeSubscription {
+    type Item = Arc<Publication>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for ExchangeSubscription {
+    fn drop(&mut self) {
+        if self.inner.hub.remove(&self.channel, self.sink.key) == (Removed::Removed { last: true })
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let fut = self.inner.broker.unsubscribe(&self.channel);
+            rt.spawn(async move {
+                if let Err(e) = fut.await {
+                    tracing::warn!(error = %e, "broker unsubscribe failed");
+                }
+            });
+        }
+    }
+}

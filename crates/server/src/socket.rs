@@ -1,0 +1,513 @@
+//! The server-side socket: a cheap `Clone` handle ([`Socket`]) to one connection whose
+//! state is owned by its own task (see `task.rs`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use socketcluster_protocol::RawValue;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::auth::{Claims, SignOptions};
+use crate::channel::Publication;
+use crate::error::{AuthTokenError, InvokeError, KickOutError, SendError};
+use crate::middleware::HandshakeRequest;
+use crate::server::ServerInner;
+
+/// Connection state of a socket (PROTOCOL.md 8.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SocketState {
+    /// WebSocket accepted, `#handshake` not completed.
+    Connecting,
+    /// Handshake completed.
+    Open,
+    /// Closed.
+    Closed,
+}
+
+/// How a socket was closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// Close code (1006 when the connection dropped without a close frame).
+    pub code: u16,
+    /// Reason: the close frame's reason, or the protocol table text for known codes.
+    pub reason: String,
+}
+
+/// Fixed per-frame accounting overhead for the outbound byte limit.
+pub(crate) const FRAME_OVERHEAD: usize = 64;
+
+pub(crate) enum Out {
+    Text(Utf8Bytes),
+    Close(u16, String),
+}
+
+/// The writer queue of one socket, bounded in bytes.
+pub(crate) struct Outbox {
+    tx: mpsc::UnboundedSender<Out>,
+    queued: AtomicUsize,
+    limit: usize,
+    overflowed: AtomicBool,
+    pub(crate) alarm: Notify,
+}
+
+impl Outbox {
+    pub(crate) fn new(limit: usize) -> (Outbox, mpsc::UnboundedReceiver<Out>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Outbox {
+                tx,
+                queued: AtomicUsize::new(0),
+                limit,
+                overflowed: AtomicBool::new(false),
+                alarm: Notify::new(),
+            },
+            rx,
+        )
+    }
+
+    /// Reserve queue space for `cost` bytes; trips the overflow alarm when the limit is
+    /// exceeded (one frame is always accepted into an empty queue).
+    pub(crate) fn reserve(&self, cost: usize) -> bool {
+        if self.overflowed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let prev = self.queued.fetch_add(cost, Ordering::Relaxed);
+        if prev > 0 && prev + cost > self.limit {
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
+            if !self.overflowed.swap(true, Ordering::Relaxed) {
+                self.alarm.notify_one();
+            }
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn release(&self, cost: usize) {
+        self.queued.fetch_sub(cost, Ordering::Relaxed);
+    }
+
+    /// Queue a text frame.
+    pub(crate) fn push(&self, text: Utf8Bytes) -> bool {
+        let cost = text.len() + FRAME_OVERHEAD;
+        if !self.reserve(cost) {
+            return false;
+        }
+        if self.tx.send(Out::Text(text)).is_err() {
+            self.release(cost);
+            return false;
+        }
+        true
+    }
+
+    /// Queue a close frame (not subject to the limit).
+    pub(crate) fn push_close(&self, code: u16, reason: &str) {
+        let _ = self.tx.send(Out::Close(code, reason.to_owned()));
+    }
+
+    pub(crate) fn is_overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Bytes currently queued (including per-frame overhead).
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+/// Auth state of a socket.
+#[derive(Clone, Debug)]
+pub(crate) struct AuthInfo {
+    pub(crate) signed: Arc<str>,
+    pub(crate) claims: Arc<Claims>,
+}
+
+impl AuthInfo {
+    pub(crate) fn exp(&self) -> Option<f64> {
+        self.claims.get("exp").and_then(Value::as_f64)
+    }
+}
+
+/// What other tasks may read about a socket (kept up to date by its task).
+pub(crate) struct View {
+    pub(crate) state: SocketState,
+    pub(crate) auth: Option<AuthInfo>,
+    pub(crate) channels: HashMap<Box<str>, u64>,
+    pub(crate) channel_seq: u64,
+}
+
+/// Commands from handles to the socket task.
+pub(crate) enum Cmd {
+    Transmit {
+        event: String,
+        data: Option<Box<RawValue>>,
+    },
+    Invoke {
+        event: String,
+        data: Option<Box<RawValue>>,
+        reply: oneshot::Sender<Result<Option<Box<RawValue>>, InvokeError>>,
+    },
+    SetAuthToken {
+        signed: String,
+        claims: Arc<Claims>,
+        ack: Option<oneshot::Sender<Result<Option<Box<RawValue>>, InvokeError>>>,
+        reply: oneshot::Sender<Result<(), AuthTokenError>>,
+    },
+    SignFailed {
+        message: String,
+    },
+    Deauthenticate {
+        notify: bool,
+        reply: oneshot::Sender<()>,
+    },
+    KickOut {
+        channel: Option<String>,
+        message: Option<Box<RawValue>>,
+        reply: oneshot::Sender<Result<(), KickOutError>>,
+    },
+    Disconnect {
+        code: u16,
+        reason: String,
+    },
+    Terminate,
+}
+
+/// State shared between a socket's handles, its task and the channel registry.
+pub(crate) struct SocketShared {
+    pub(crate) key: u64,
+    pub(crate) id: Arc<str>,
+    pub(crate) request: Arc<HandshakeRequest>,
+    pub(crate) outbox: Outbox,
+    pub(crate) cmd_tx: mpsc::UnboundedSender<Cmd>,
+    pub(crate) view: Mutex<View>,
+    pub(crate) outbound_mw: OnceLock<mpsc::UnboundedSender<Arc<Publication>>>,
+    pub(crate) closed: watch::Sender<Option<CloseInfo>>,
+    pub(crate) ack_timeout: Duration,
+    pub(crate) server: std::sync::Weak<ServerInner>,
+}
+
+impl SocketShared {
+    pub(crate) fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fan-out entry point: queue a publication for this socket.
+    pub(crate) fn deliver_publication(&self, p: &Arc<Publication>) {
+        if let Some(tx) = self.outbound_mw.get() {
+            let cost = p.frame().len() + FRAME_OVERHEAD;
+            if self.outbox.reserve(cost) && tx.send(p.clone()).is_err() {
+                self.outbox.release(cost);
+            }
+        } else {
+            self.outbox.push(p.frame_bytes());
+        }
+    }
+
+    /// Queue an encoded response (RPC answers bypass the task).
+    pub(crate) fn send_response(&self, text: String) {
+        self.outbox.push(Utf8Bytes::from(text));
+    }
+}
+
+/// A connected client as seen by the server. Cheap to clone; all methods are safe to
+/// call from any task (they send commands to the socket's own task).
+///
+/// ```no_run
+/// # async fn demo(socket: socketcluster_server::Socket) -> Result<(), Box<dyn std::error::Error>> {
+/// use socketcluster_server::auth::SignOptions;
+/// socket.transmit("news", &"hello")?;
+/// let answer = socket.invoke("clientProc", &serde_json::json!({"x": 1})).await?;
+/// socket.set_auth_token(&serde_json::json!({"username": "bob"}), SignOptions::default()).await?;
+/// socket.kick_out(Some("private"), Some(&"bye")).await.ok();
+/// socket.disconnect(4100, "server kicked");
+/// # let _ = answer; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Socket {
+    pub(crate) shared: Arc<SocketShared>,
+}
+
+impl fmt::Debug for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Socket")
+            .field("id", &self.shared.id)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl PartialEq for Socket {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl Eq for Socket {}
+
+fn to_raw<T: Serialize + ?Sized>(data: &T) -> Result<Box<RawValue>, String> {
+    serde_json::value::to_raw_value(data).map_err(|e| e.to_string())
+}
+
+impl Socket {
+    /// The socket id (20 characters, like the JS server's).
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Current state.
+    pub fn state(&self) -> SocketState {
+        self.shared.view().state
+    }
+
+    /// The HTTP upgrade request.
+    pub fn request(&self) -> &HandshakeRequest {
+        &self.shared.request
+    }
+
+    /// The peer address, when known.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.shared.request.remote_addr
+    }
+
+    /// Whether the socket is authenticated.
+    pub fn is_authenticated(&self) -> bool {
+        self.shared.view().auth.is_some()
+    }
+
+    /// The verified claims of the socket's token (JS `socket.authToken`).
+    pub fn auth_token(&self) -> Option<Arc<Claims>> {
+        self.shared.view().auth.as_ref().map(|a| a.claims.clone())
+    }
+
+    /// The signed token (JS `socket.signedAuthToken`).
+    pub fn signed_auth_token(&self) -> Option<String> {
+        self.shared
+            .view()
+            .auth
+            .as_ref()
+            .map(|a| a.signed.to_string())
+    }
+
+    /// Channels the socket is subscribed to, in subscription order.
+    pub fn subscriptions(&self) -> Vec<String> {
+        let view = self.shared.view();
+        let mut v: Vec<(&Box<str>, &u64)> = view.channels.iter().collect();
+        v.sort_by_key(|(_, seq)| **seq);
+        v.into_iter().map(|(c, _)| c.to_string()).collect()
+    }
+
+    /// Whether the socket is subscribed to a channel.
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.shared.view().channels.contains_key(channel)
+    }
+
+    /// Bytes waiting in this socket's outbound queue.
+    pub fn outbound_queued_bytes(&self) -> usize {
+        self.shared.outbox.queued()
+    }
+
+    fn cmd(&self, cmd: Cmd) -> bool {
+        self.shared.cmd_tx.send(cmd).is_ok()
+    }
+
+    /// Transmit an event to the client (`{"event":E,"data":D}`). Fails when the socket
+    /// is not open.
+    pub fn transmit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<(), SendError> {
+        let raw = to_raw(data).map_err(SendError::Serialize)?;
+        self.transmit_raw(event, Some(raw))
+    }
+
+    /// Transmit with raw JSON data (`None`: no `data` key).
+    pub fn transmit_raw(&self, event: &str, data: Option<Box<RawValue>>) -> Result<(), SendError> {
+        if self.state() != SocketState::Open
+            || !self.cmd(Cmd::Transmit {
+                event: event.to_owned(),
+                data,
+            })
+        {
+            return Err(SendError::NotOpen(format!("transmit {event}")));
+        }
+        Ok(())
+    }
+
+    /// Invoke a procedure on the client and wait for its answer (server `ackTimeout`).
+    pub async fn invoke<T: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        data: &T,
+    ) -> Result<Option<Box<RawValue>>, InvokeError> {
+        let raw = to_raw(data).map_err(InvokeError::Serialize)?;
+        self.invoke_raw(event, Some(raw), self.shared.ack_timeout)
+            .await
+    }
+
+    /// Invoke with raw JSON data and an explicit timeout.
+    pub async fn invoke_raw(
+        &self,
+        event: &str,
+        data: Option<Box<RawValue>>,
+        timeout: Duration,
+    ) -> Result<Option<Box<RawValue>>, InvokeError> {
+        let (tx, rx) = oneshot::channel();
+        if self.state() != SocketState::Open
+            || !self.cmd(Cmd::Invoke {
+                event: event.to_owned(),
+                data,
+                reply: tx,
+            })
+        {
+            return Err(InvokeError::BadConnection(event.to_owned()));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(InvokeError::BadConnection(event.to_owned())),
+            Err(_) => Err(InvokeError::Timeout(event.to_owned())),
+        }
+    }
+
+    /// Sign a token with `claims` and send it to the client (`#setAuthToken`); the socket
+    /// becomes authenticated with it (JS `socket.setAuthToken`). Returns the signed token.
+    /// If signing fails the socket is closed with 4002, like the JS server.
+    pub async fn set_auth_token<T: Serialize + ?Sized>(
+        &self,
+        claims: &T,
+        options: SignOptions,
+    ) -> Result<String, AuthTokenError> {
+        let Value::Object(claims) =
+            serde_json::to_value(claims).map_err(|_| AuthTokenError::NotAnObject)?
+        else {
+            return Err(AuthTokenError::NotAnObject);
+        };
+        if self.state() != SocketState::Open {
+            return Err(AuthTokenError::NotOpen);
+        }
+        let Some(server) = self.shared.server.upgrade() else {
+            return Err(AuthTokenError::NotOpen);
+        };
+        let engine = server.auth_engine();
+        let (signed, claims) = match engine.sign_claims(claims, &options) {
+            Ok(s) => s,
+            Err(e) => {
+                self.cmd(Cmd::SignFailed {
+                    message: e.0.clone(),
+                });
+                return Err(AuthTokenError::Sign(e));
+            }
+        };
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let (ack_tx, ack_rx) = if options.reject_on_failed_delivery {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        if !self.cmd(Cmd::SetAuthToken {
+            signed: signed.clone(),
+            claims: Arc::new(claims),
+            ack: ack_tx,
+            reply: reply_tx,
+        }) {
+            return Err(AuthTokenError::NotOpen);
+        }
+        reply_rx.await.map_err(|_| AuthTokenError::NotOpen)??;
+        if let Some(ack_rx) = ack_rx {
+            let res = tokio::time::timeout(self.shared.ack_timeout, ack_rx).await;
+            let err = match res {
+                Ok(Ok(Ok(_))) => None,
+                Ok(Ok(Err(e))) => Some(e.to_string()),
+                Ok(Err(_)) => Some(
+                    InvokeError::BadConnection(
+                        socketcluster_protocol::events::SET_AUTH_TOKEN.into(),
+                    )
+                    .to_string(),
+                ),
+                Err(_) => Some(InvokeError::Timeout("#setAuthToken".into()).to_string()),
+            };
+            if let Some(e) = err {
+                return Err(AuthTokenError::Delivery(e));
+            }
+        }
+        Ok(signed)
+    }
+
+    /// Remove the socket's authentication and tell the client (`#removeAuthToken`).
+    pub async fn deauthenticate(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd(Cmd::Deauthenticate {
+            notify: true,
+            reply: tx,
+        }) {
+            let _ = rx.await;
+        }
+    }
+
+    /// Remove the socket's authentication without telling the client (JS
+    /// `deauthenticateSelf`).
+    pub async fn deauthenticate_self(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd(Cmd::Deauthenticate {
+            notify: false,
+            reply: tx,
+        }) {
+            let _ = rx.await;
+        }
+    }
+
+    /// Kick the socket out of a channel (or of every channel when `None`): sends
+    /// `#kickOut {channel, message}` and unsubscribes it server-side. Fails for a channel
+    /// the socket is not subscribed to (after still sending `#kickOut`, like JS).
+    pub async fn kick_out<M: Serialize + ?Sized>(
+        &self,
+        channel: Option<&str>,
+        message: Option<&M>,
+    ) -> Result<(), KickOutError> {
+        let message = match message {
+            Some(m) => Some(to_raw(m).map_err(|_| KickOutError::NotOpen)?),
+            None => None,
+        };
+        let (tx, rx) = oneshot::channel();
+        if !self.cmd(Cmd::KickOut {
+            channel: channel.map(str::to_owned),
+            message,
+            reply: tx,
+        }) {
+            return Err(KickOutError::NotOpen);
+        }
+        rx.await.unwrap_or(Err(KickOutError::NotOpen))
+    }
+
+    /// Close with a code and reason (JS `socket.disconnect`).
+    pub fn disconnect(&self, code: u16, reason: &str) {
+        self.cmd(Cmd::Disconnect {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// Drop the TCP connection without a close frame (JS `socket.terminate`; the client
+    /// sees 1006).
+    pub fn terminate(&self) {
+        self.cmd(Cmd::Terminate);
+    }
+
+    /// Wait until the socket is closed.
+    pub async fn closed(&self) -> CloseInfo {
+        let mut rx = self.shared.closed.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().unwrap_or(CloseInfo {
+                code: 1006,
+                reason: String::new(),
+            }),
+            Err(_) => CloseInfo {
+                code: 1006,
+                reason: String::new(),
+            },
+        }
+    }
+}

@@ -1,0 +1,1637 @@
+//! The task that owns one socket: reads frames, processes them strictly in order, runs
+//! the heartbeat, handshake and token-expiry timers and executes commands from handles.
+//!
+//! Processing never awaits inline: work that needs to wait (middleware, a remote broker)
+//! becomes a *step* future stored in the task; while it is pending the task keeps
+//! serving timers, commands and reading ahead (bounded), but does not process the next
+//! inbound message, which preserves per-socket ordering (PROTOCOL.md 2.4, 7.2, 8.3).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, Sink, Stream};
+use serde_json::Value;
+use socketcluster_protocol::codec::{self, BatchItem, Frame, KeyOrder};
+use socketcluster_protocol::error::wire;
+use socketcluster_protocol::events::{
+    self, AuthenticateResult, HandshakeStatus, SubscribeRequest, parse_authenticate_token,
+    parse_handshake_token, parse_publish, parse_unsubscribe,
+};
+use socketcluster_protocol::{
+    Cid, CidAllocator, CloseCode, ErrorObject, EventPacket, Packet, ProtocolVersion, RawValue,
+    ResponsePacket, WireError,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use crate::auth::{Claims, VerifyOutcome, is_bad_token, now_ms};
+use crate::broker::{BrokerError, BrokerFuture};
+use crate::channel::{Publication, Removed, Subscriber};
+use crate::config::{UnhandledProcedure, glob_match};
+use crate::error::{AuthTokenError, InvokeError, KickOutError};
+use crate::events::{AuthState, ServerEvent};
+use crate::limits::{Bucket, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION};
+use crate::middleware::{
+    Block, HandshakeAction, InboundAction, InboundKind, PublishOutAction, run_handshake,
+    run_inbound, run_outbound, snapshot,
+};
+use crate::rpc::{ReceivedEvent, Request};
+use crate::server::{Io, ServerInner};
+use crate::socket::{
+    AuthInfo, CloseInfo, Cmd, FRAME_OVERHEAD, Out, Socket, SocketShared, SocketState,
+};
+
+pub(crate) type Ws = WebSocketStream<Box<dyn Io>>;
+type StepFuture = Pin<Box<dyn Future<Output = Resume> + Send + 'static>>;
+type InvokeReply = oneshot::Sender<Result<Option<Box<RawValue>>, InvokeError>>;
+
+/// Far-future delay for disarmed timers (re-armed with `reset`).
+const FAR: Duration = Duration::from_secs(86400 * 365);
+/// Longest single sleep of the expiry timer (re-checked when it fires).
+const MAX_EXPIRY_SLEEP: Duration = Duration::from_secs(86400);
+
+enum Inbound {
+    Pong,
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
+/// Continuation of a step.
+enum Resume {
+    Handshake {
+        cid: Cid,
+        outcome: VerifyOutcome,
+        result: Result<(), Block>,
+    },
+    HandshakeAuth {
+        cid: Cid,
+        rehandshake: bool,
+        was_auth: bool,
+        result: Result<InboundAction, Block>,
+    },
+    Authenticate {
+        cid: Cid,
+        was_auth: bool,
+        result: Result<InboundAction, Block>,
+    },
+    PublishIn {
+        cid: Option<Cid>,
+        channel: String,
+        result: Result<InboundAction, Block>,
+    },
+    Published {
+        cid: Option<Cid>,
+        result: Result<(), BrokerError>,
+    },
+    Subscribe {
+        cid: Cid,
+        channel: String,
+        result: Result<InboundAction, Block>,
+    },
+    Subscribed {
+        cid: Cid,
+        channel: String,
+        result: Result<(), BrokerError>,
+    },
+    Unsubscribed {
+        cid: Option<Cid>,
+        channel: String,
+        result: Result<(), BrokerError>,
+    },
+    App {
+        cid: Option<Cid>,
+        result: Result<InboundAction, Block>,
+    },
+}
+
+struct Closing {
+    code: u16,
+    reason: String,
+    /// We queued a close frame and wait for the peer's answer.
+    sent_frame: bool,
+    /// The peer sent a close frame (keep reading so the reply is flushed).
+    by_peer: bool,
+}
+
+struct StepPoll<'a>(&'a mut Option<StepFuture>);
+
+impl Future for StepPoll<'_> {
+    type Output = Resume;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Resume> {
+        match self.0.as_mut() {
+            Some(f) => f.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// Write-side state of the socket's WebSocket (driven by [`IoPoll`]).
+#[derive(Default)]
+struct WriteState {
+    /// A frame taken from the outbox, waiting for the sink to be ready.
+    pending: Option<Out>,
+    /// Frames were written since the last flush.
+    dirty: bool,
+    /// Our close frame was written: nothing more is sent.
+    close_sent: bool,
+}
+
+enum IoEvent {
+    Inbound(Option<Result<Message, WsError>>),
+    WriteFailed,
+}
+
+/// Drives the socket's writes (outbox -> WebSocket, batched, flushed once per batch)
+/// and, when allowed, its reads, in the socket task itself: one task owns the whole
+/// WebSocket, so a blocked write can never starve reads of wakeups.
+struct IoPoll<'a> {
+    ws: &'a mut Ws,
+    rx: &'a mut mpsc::UnboundedReceiver<Out>,
+    w: &'a mut WriteState,
+    can_read: bool,
+    shared: &'a SocketShared,
+    server: &'a ServerInner,
+}
+
+/// Frames written per poll before yielding to reads.
+const WRITE_BATCH: usize = 256;
+
+impl Future for IoPoll<'_> {
+    type Output = IoEvent;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<IoEvent> {
+        let this = &mut *self;
+        let mut written = 0usize;
+        let mut blocked = false;
+        while !this.w.close_sent {
+            if this.w.pending.is_none() {
+                if written >= WRITE_BATCH {
+                    // More may be queued: come back after reading.
+                    cx.waker().wake_by_ref();
+                    break;
+                }
+                match this.rx.poll_recv(cx) {
+                    Poll::Ready(Some(out)) => this.w.pending = Some(out),
+                    _ => break,
+                }
+            }
+            match Pin::new(&mut *this.ws).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(IoEvent::WriteFailed),
+                Poll::Pending => {
+                    blocked = true;
+                    break;
+                }
+            }
+            let out = this.w.pending.take().expect("checked above");
+            let msg = match out {
+                Out::Text(t) => {
+                    let stats = &this.server.stats;
+                    stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .bytes_sent
+                        .fetch_add(t.len() as u64, Ordering::Relaxed);
+                    this.shared.outbox.release(t.len() + FRAME_OVERHEAD);
+                    Message::Text(t)
+                }
+                Out::Close(code, reason) => {
+                    this.w.close_sent = true;
+                    Message::Close(Some(CloseFrame {
+                        code: code.into(),
+                        reason: reason.into(),
+                    }))
+                }
+            };
+            if Pin::new(&mut *this.ws).start_send(msg).is_err() {
+                return Poll::Ready(IoEvent::WriteFailed);
+            }
+            this.w.dirty = true;
+            written += 1;
+        }
+        if this.w.dirty && !blocked {
+            match Pin::new(&mut *this.ws).poll_flush(cx) {
+                Poll::Ready(Ok(())) => this.w.dirty = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(IoEvent::WriteFailed),
+                Poll::Pending => {}
+            }
+        }
+        if this.can_read
+            && let Poll::Ready(m) = Pin::new(&mut *this.ws).poll_next(cx)
+        {
+            return Poll::Ready(IoEvent::Inbound(m));
+        }
+        Poll::Pending
+    }
+}
+
+pub(crate) struct SocketTask {
+    server: Arc<ServerInner>,
+    ws: Ws,
+    out_rx: mpsc::UnboundedReceiver<Out>,
+    wstate: WriteState,
+    shared: Arc<SocketShared>,
+    socket: Socket,
+    cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+    state: SocketState,
+    auth: Option<AuthInfo>,
+    cids: CidAllocator,
+    pending: HashMap<u64, (String, InvokeReply)>,
+    inbox: VecDeque<Inbound>,
+    batch: VecDeque<BatchItem>,
+    step: Option<StepFuture>,
+    closing: Option<Closing>,
+    version: ProtocolVersion,
+    ping_enabled: bool,
+    ping: Interval,
+    pong_deadline: Pin<Box<Sleep>>,
+    last_pong_reset: Instant,
+    handshake_pending: bool,
+    handshake_deadline: Pin<Box<Sleep>>,
+    expiry_armed: bool,
+    expiry: Pin<Box<Sleep>>,
+    bucket: Option<Bucket>,
+    throttled: bool,
+    throttle: Pin<Box<Sleep>>,
+}
+
+impl SocketTask {
+    pub(crate) fn new(
+        server: Arc<ServerInner>,
+        shared: Arc<SocketShared>,
+        cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+        ws: Ws,
+        out_rx: mpsc::UnboundedReceiver<Out>,
+    ) -> Self {
+        let cfg = &server.config;
+        let now = Instant::now();
+        let mut ping = tokio::time::interval_at(now + cfg.ping_interval, cfg.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        SocketTask {
+            ws,
+            out_rx,
+            wstate: WriteState::default(),
+            socket: Socket {
+                shared: shared.clone(),
+            },
+            shared,
+            cmd_rx,
+            state: SocketState::Connecting,
+            auth: None,
+            cids: CidAllocator::new(),
+            pending: HashMap::new(),
+            inbox: VecDeque::new(),
+            batch: VecDeque::new(),
+            step: None,
+            closing: None,
+            version: cfg.protocol_version,
+            ping_enabled: !cfg.ping_timeout_disabled,
+            ping,
+            pong_deadline: Box::pin(tokio::time::sleep(cfg.ping_timeout)),
+            last_pong_reset: now,
+            handshake_pending: true,
+            handshake_deadline: Box::pin(tokio::time::sleep(cfg.handshake_timeout)),
+            expiry_armed: false,
+            expiry: Box::pin(tokio::time::sleep(FAR)),
+            bucket: cfg.limits.inbound_rate.map(Bucket::new),
+            throttled: false,
+            throttle: Box::pin(tokio::time::sleep(FAR)),
+            server,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        loop {
+            self.drain();
+            if self.closing.is_some() {
+                break;
+            }
+            let can_read =
+                self.inbox.len() < self.server.config.limits.max_inbound_queue && !self.throttled;
+            tokio::select! {
+                biased;
+                _ = self.shared.outbox.alarm.notified() => self.on_alarm(),
+                r = StepPoll(&mut self.step), if self.step.is_some() => {
+                    self.step = None;
+                    self.resume(r);
+                }
+                Some(cmd) = self.cmd_rx.recv() => self.on_cmd(cmd),
+                ev = IoPoll {
+                    ws: &mut self.ws,
+                    rx: &mut self.out_rx,
+                    w: &mut self.wstate,
+                    can_read,
+                    shared: &self.shared,
+                    server: &self.server,
+                } => match ev {
+                    IoEvent::Inbound(msg) => self.on_ws(msg),
+                    IoEvent::WriteFailed => self.close_without_frame(1006, ""),
+                },
+                _ = self.ping.tick(), if self.ping_enabled => {
+                    self.shared.outbox.push(Utf8Bytes::from_static(self.version.ping()));
+                }
+                _ = &mut self.pong_deadline, if self.ping_enabled => self.close(4001, ""),
+                _ = &mut self.handshake_deadline, if self.handshake_pending => self.close(4005, ""),
+                _ = &mut self.expiry, if self.expiry_armed => self.on_expiry_timer(),
+                _ = &mut self.throttle, if self.throttled => self.throttled = false,
+                _ = self.server.shutdown.cancelled() => self.close(1001, "Server is shutting down"),
+            }
+        }
+        self.finish().await;
+    }
+
+    // ---------------------------------------------------------------- I/O events
+
+    fn on_alarm(&mut self) {
+        if self.shared.outbox.is_overflowed() {
+            self.server
+                .stats
+                .slow_consumer_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(socket = %self.shared.id, "outbound queue limit exceeded; dropping socket");
+            self.close_without_frame(CLOSE_POLICY_VIOLATION, "Outbound queue limit exceeded");
+        }
+    }
+
+    fn on_ws(&mut self, msg: Option<Result<Message, WsError>>) {
+        let msg = match msg {
+            None => return self.close_without_frame(1006, ""),
+            Some(Err(e)) => {
+                return match e {
+                    WsError::Capacity(_) => self.close(CLOSE_MESSAGE_TOO_BIG, ""),
+                    WsError::Utf8(_) => self.close(1007, ""),
+                    WsError::Protocol(_) => self.close(1002, ""),
+                    _ => self.close_without_frame(1006, ""),
+                };
+            }
+            Some(Ok(m)) => m,
+        };
+        let stats = &self.server.stats;
+        match msg {
+            Message::Text(t) => {
+                stats.messages_received.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .bytes_received
+                    .fetch_add(t.len() as u64, Ordering::Relaxed);
+                if t.as_str() == self.version.pong() {
+                    self.reset_pong_deadline();
+                    self.inbox.push_back(Inbound::Pong);
+                } else {
+                    self.maybe_reset_pong_deadline();
+                    self.inbox.push_back(Inbound::Text(t));
+                }
+                self.account_rate();
+            }
+            Message::Binary(b) => {
+                stats.messages_received.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .bytes_received
+                    .fetch_add(b.len() as u64, Ordering::Relaxed);
+                self.maybe_reset_pong_deadline();
+                self.inbox.push_back(Inbound::Binary(b));
+                self.account_rate();
+            }
+            Message::Close(frame) => {
+                let (code, reason) = match frame {
+                    Some(f) => (u16::from(f.code), f.reason.to_string()),
+                    None => (1005, String::new()),
+                };
+                self.closing = Some(Closing {
+                    code,
+                    reason,
+                    sent_frame: false,
+                    by_peer: true,
+                });
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+
+    fn account_rate(&mut self) {
+        if let Some(b) = &mut self.bucket
+            && let Some(wait) = b.take()
+        {
+            self.throttled = true;
+            self.throttle.as_mut().reset(Instant::now() + wait);
+        }
+    }
+
+    fn reset_pong_deadline(&mut self) {
+        let now = Instant::now();
+        self.last_pong_reset = now;
+        self.pong_deadline
+            .as_mut()
+            .reset(now + self.server.config.ping_timeout);
+    }
+
+    fn maybe_reset_pong_deadline(&mut self) {
+        if self.last_pong_reset.elapsed() > self.server.config.ping_timeout / 4 {
+            self.reset_pong_deadline();
+        }
+    }
+
+    // ---------------------------------------------------------------- processing
+
+    fn drain(&mut self) {
+        while self.step.is_none() && self.closing.is_none() {
+            if let Some(item) = self.batch.pop_front() {
+                match item {
+                    BatchItem::Packet(p) => self.process_packet(p),
+                    BatchItem::Raw => self.on_raw(),
+                }
+                continue;
+            }
+            let Some(inbound) = self.inbox.pop_front() else {
+                break;
+            };
+            match inbound {
+                Inbound::Pong => self.on_pong(),
+                Inbound::Text(t) => self.process_text(t.as_str()),
+                Inbound::Binary(b) => {
+                    let text = String::from_utf8_lossy(&b);
+                    self.process_text(&text);
+                }
+            }
+        }
+    }
+
+    fn strict_connecting(&self) -> bool {
+        self.server.config.strict_handshake && self.state == SocketState::Connecting
+    }
+
+    fn on_pong(&mut self) {
+        if self.strict_connecting() {
+            return self.close(4009, "");
+        }
+        if self.state == SocketState::Open {
+            self.check_expiry();
+        }
+    }
+
+    fn process_text(&mut self, text: &str) {
+        match codec::decode_message(text) {
+            Frame::Packet(p) => self.process_packet(p),
+            Frame::Batch(items) => self.batch.extend(items),
+            Frame::Raw | Frame::Heartbeat => self.on_raw(),
+        }
+    }
+
+    fn on_raw(&mut self) {
+        if self.strict_connecting() {
+            return self.close(4009, "");
+        }
+        self.server
+            .stats
+            .raw_messages
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn process_packet(&mut self, packet: Packet) {
+        match packet {
+            Packet::Response(r) => {
+                if self.strict_connecting() {
+                    return self.close(4009, "");
+                }
+                let Some(rid) = r.rid.as_u64() else { return };
+                if let Some((_, reply)) = self.pending.remove(&rid) {
+                    let result = match r.error() {
+                        Some(e) => Err(InvokeError::Remote(e)),
+                        None => Ok(r.data),
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+            Packet::Event(ev) => self.process_event(ev),
+        }
+    }
+
+    fn process_event(&mut self, ev: EventPacket) {
+        let EventPacket { event, data, cid } = ev;
+        match event.as_str() {
+            events::HANDSHAKE => match cid {
+                Some(cid) => self.on_handshake(cid, data),
+                None => {
+                    self.warn(wire_invalid_action("Handshake request was malformatted"));
+                    self.close(4008, "");
+                }
+            },
+            _ if self.strict_connecting() => self.close(4009, ""),
+            events::AUTHENTICATE => match cid {
+                Some(cid) => self.on_authenticate(cid, data),
+                None => {
+                    self.warn(wire_invalid_action("Authenticate request was malformatted"));
+                    self.close(4008, "");
+                }
+            },
+            events::REMOVE_AUTH_TOKEN => self.deauthenticate(false),
+            _ => {
+                let expired = self.check_expiry();
+                match event.as_str() {
+                    events::PUBLISH => self.on_publish(cid, data, expired),
+                    events::SUBSCRIBE => self.on_subscribe(cid, data, expired),
+                    events::UNSUBSCRIBE => self.on_unsubscribe(cid, data),
+                    _ => self.on_app_event(event, cid, data, expired),
+                }
+            }
+        }
+    }
+
+    fn start_step(&mut self, mut fut: StepFuture) {
+        match (&mut fut).now_or_never() {
+            Some(r) => self.resume(r),
+            None => self.step = Some(fut),
+        }
+    }
+
+    fn resume(&mut self, r: Resume) {
+        if self.closing.is_some() {
+            return;
+        }
+        match r {
+            Resume::Handshake {
+                cid,
+                outcome,
+                result,
+            } => self.handshake_middleware_done(cid, outcome, result),
+            Resume::HandshakeAuth {
+                cid,
+                rehandshake,
+                was_auth,
+                result,
+            } => {
+                let auth_error = match result {
+                    Ok(_) => None,
+                    Err(block) => {
+                        self.clear_auth_quietly();
+                        Some(error_object(block.into_wire("authenticate", "inbound")))
+                    }
+                };
+                self.complete_handshake(cid, auth_error, rehandshake, was_auth);
+            }
+            Resume::Authenticate {
+                cid,
+                was_auth,
+                result,
+            } => self.authenticate_done(cid, was_auth, result),
+            Resume::PublishIn {
+                cid,
+                channel,
+                result,
+            } => match result {
+                Ok(action) => self.publish(cid, &channel, action.data),
+                Err(block) => {
+                    let e = block.into_wire("publishIn", "inbound");
+                    self.warn_wire(&e);
+                    if let Some(cid) = cid {
+                        self.reply_err(cid, &e);
+                    }
+                }
+            },
+            Resume::Published { cid, result } => {
+                if let Some(cid) = cid {
+                    match result {
+                        Ok(()) => self.reply_ok(cid, None),
+                        Err(e) => self.reply_err(
+                            cid,
+                            &WireError::Object(ErrorObject::new("BrokerError", e.0)),
+                        ),
+                    }
+                }
+            }
+            Resume::Subscribe {
+                cid,
+                channel,
+                result,
+            } => match result {
+                Ok(_) => self.subscribe(cid, channel),
+                Err(block) => {
+                    let e = block.into_wire("subscribe", "inbound");
+                    self.warn_wire(&e);
+                    self.reply_err(cid, &e);
+                }
+            },
+            Resume::Subscribed {
+                cid,
+                channel,
+                result,
+            } => self.subscribed(cid, channel, result),
+            Resume::Unsubscribed {
+                cid,
+                channel,
+                result,
+            } => self.unsubscribed(cid, channel, result),
+            Resume::App { cid, result } => match result {
+                Ok(action) => self.dispatch(action.kind, cid, action.data),
+                Err(block) => {
+                    let action_name = if cid.is_some() { "invoke" } else { "transmit" };
+                    let e = block.into_wire(action_name, "inbound");
+                    self.warn_wire(&e);
+                    if let Some(cid) = cid {
+                        self.reply_err(cid, &e);
+                    }
+                }
+            },
+        }
+    }
+
+    // ---------------------------------------------------------------- handshake
+
+    fn on_handshake(&mut self, cid: Cid, data: Option<Box<RawValue>>) {
+        let field = parse_handshake_token(data.as_deref());
+        let outcome = self.server.auth_engine().verify_field(&field);
+        if self.state == SocketState::Open {
+            // A repeated #handshake (PROTOCOL.md 3.6.1, X-12): re-verify the token and
+            // answer with the same id; handshake middleware is not run again and the
+            // socket is not counted twice.
+            return self.authenticate_for_handshake(cid, outcome, true);
+        }
+        self.handshake_pending = false;
+        let chain = snapshot(&self.server.middleware.handshake);
+        if chain.is_empty() {
+            return self.handshake_middleware_done(cid, outcome, Ok(()));
+        }
+        let action = HandshakeAction {
+            socket: self.socket.clone(),
+            signed_auth_token: outcome.signed.clone().filter(|s| !s.is_empty()),
+            auth_token: outcome.result.as_ref().ok().map(|c| Arc::new(c.clone())),
+            auth_token_error: outcome.result.as_ref().err().cloned(),
+        };
+        self.start_step(Box::pin(async move {
+            let result = run_handshake(chain, action).await;
+            Resume::Handshake {
+                cid,
+                outcome,
+                result,
+            }
+        }));
+    }
+
+    fn handshake_middleware_done(
+        &mut self,
+        cid: Cid,
+        outcome: VerifyOutcome,
+        result: Result<(), Block>,
+    ) {
+        if let Err(block) = result {
+            let mut err = block.into_wire("handshakeSC", "handshake");
+            let code = match &mut err {
+                WireError::Object(o) => match o.status_code() {
+                    Some(c) if (4000..=4999).contains(&c) => c,
+                    _ => {
+                        o.extra.insert("statusCode".into(), Value::from(4008));
+                        4008
+                    }
+                },
+                WireError::Value(_) => 4008,
+            };
+            self.warn_wire(&err);
+            let mut packet = ResponsePacket::err(cid, &err);
+            if self.version == ProtocolVersion::V1 {
+                // v14 clients read the close code from `data.code` (PROTOCOL.md 1.4).
+                packet.data = RawValue::from_string(format!("{{\"code\":{code}}}")).ok();
+            }
+            self.send_text(packet.encode());
+            return self.close(code, "");
+        }
+        self.authenticate_for_handshake(cid, outcome, false);
+    }
+
+    fn authenticate_for_handshake(&mut self, cid: Cid, outcome: VerifyOutcome, rehandshake: bool) {
+        let was_auth = self.auth.is_some();
+        match outcome.result {
+            Ok(claims) => {
+                let signed = outcome.signed.unwrap_or_default();
+                let claims = Arc::new(claims);
+                self.set_auth_quietly(signed.clone(), claims.clone());
+                let chain = snapshot(&self.server.middleware.inbound);
+                if chain.is_empty() {
+                    return self.complete_handshake(cid, None, rehandshake, was_auth);
+                }
+                let action = self.action(
+                    InboundKind::Authenticate {
+                        signed_auth_token: signed,
+                        auth_token: claims,
+                    },
+                    None,
+                    None,
+                );
+                self.start_step(Box::pin(async move {
+                    let result = run_inbound(chain, action).await;
+                    Resume::HandshakeAuth {
+                        cid,
+                        rehandshake,
+                        was_auth,
+                        result,
+                    }
+                }));
+            }
+            Err(e) => {
+                self.clear_auth_quietly();
+                let auth_error = if outcome.signed.is_some() {
+                    if is_bad_token(&e) {
+                        self.emit(ServerEvent::BadSocketAuthToken {
+                            socket: self.socket.clone(),
+                            auth_error: e.clone(),
+                        });
+                    }
+                    Some(e)
+                } else {
+                    None
+                };
+                self.complete_handshake(cid, auth_error, rehandshake, was_auth);
+            }
+        }
+    }
+
+    fn complete_handshake(
+        &mut self,
+        cid: Cid,
+        auth_error: Option<ErrorObject>,
+        rehandshake: bool,
+        was_auth: bool,
+    ) {
+        let bad = auth_error.as_ref().is_some_and(is_bad_token);
+        let authenticated = self.auth.is_some();
+        let status = HandshakeStatus {
+            id: Some(self.shared.id.to_string()),
+            ping_timeout: Some(self.server.config.ping_timeout.as_millis() as u64),
+            auth_error: auth_error.clone(),
+            is_authenticated: authenticated,
+        };
+        if !rehandshake {
+            self.state = SocketState::Open;
+            self.shared.view().state = SocketState::Open;
+            self.server.socket_opened(&self.socket);
+            self.start_outbound_pipeline();
+        }
+        self.reply_ok(cid, Some(status.to_raw()));
+        if bad {
+            // JS: deauthenticate() after a bad token; #removeAuthToken follows the reply.
+            self.deauthenticate_inner(true, None);
+        } else if was_auth && !authenticated {
+            self.on_auth_lost();
+        }
+        if !rehandshake {
+            self.emit(ServerEvent::Connection {
+                socket: self.socket.clone(),
+                is_authenticated: authenticated,
+                auth_error,
+            });
+        }
+        if authenticated {
+            self.emit_auth_events(was_auth);
+        }
+    }
+
+    fn start_outbound_pipeline(&mut self) {
+        let chain = snapshot(&self.server.middleware.outbound);
+        if chain.is_empty() {
+            return;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Arc<Publication>>();
+        if self.shared.outbound_mw.set(tx).is_err() {
+            return;
+        }
+        let server = self.server.clone();
+        let socket = self.socket.clone();
+        let mut closed = self.shared.closed.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let p = tokio::select! {
+                    p = rx.recv() => match p { Some(p) => p, None => break },
+                    _ = closed.wait_for(Option::is_some) => break,
+                };
+                let outbox = &socket.shared.outbox;
+                outbox.release(p.frame().len() + FRAME_OVERHEAD);
+                let chain = snapshot(&server.middleware.outbound);
+                let action = PublishOutAction {
+                    socket: socket.clone(),
+                    channel: p.channel().to_owned(),
+                    data: p.raw_data().map(|d| d.to_owned()),
+                    modified: false,
+                };
+                match run_outbound(chain, action).await {
+                    Ok(a) if a.modified => {
+                        let frame = events::publish_frame(&a.channel, a.data.as_deref());
+                        outbox.push(Utf8Bytes::from(frame));
+                    }
+                    Ok(_) => {
+                        outbox.push(p.frame_bytes());
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+
+    // ---------------------------------------------------------------- authentication
+
+    fn on_authenticate(&mut self, cid: Cid, data: Option<Box<RawValue>>) {
+        let field = parse_authenticate_token(data.as_deref());
+        let outcome = self.server.auth_engine().verify_field(&field);
+        let was_auth = self.auth.is_some();
+        match outcome.result {
+            Err(e) => {
+                self.clear_auth_quietly();
+                if is_bad_token(&e) {
+                    if outcome.signed.is_some() {
+                        self.emit(ServerEvent::BadSocketAuthToken {
+                            socket: self.socket.clone(),
+                            auth_error: e.clone(),
+                        });
+                    }
+                    self.reply_err(cid, &WireError::Object(e));
+                    // The state is already cleared: only a deauthentication event with no
+                    // old token, then #removeAuthToken after the reply (PROTOCOL.md 5.4).
+                    self.deauthenticate_inner(true, None);
+                    if was_auth {
+                        self.on_auth_lost();
+                    }
+                } else {
+                    let result = AuthenticateResult {
+                        is_authenticated: false,
+                        auth_error: outcome.signed.as_ref().map(|_| e),
+                    };
+                    self.reply_ok(cid, Some(result.to_raw()));
+                    if was_auth {
+                        self.on_auth_lost();
+                    }
+                }
+            }
+            Ok(claims) => {
+                let signed = outcome.signed.unwrap_or_default();
+                let claims = Arc::new(claims);
+                self.set_auth_quietly(signed.clone(), claims.clone());
+                let chain = snapshot(&self.server.middleware.inbound);
+                let action = self.action(
+                    InboundKind::Authenticate {
+                        signed_auth_token: signed,
+                        auth_token: claims,
+                    },
+                    None,
+                    None,
+                );
+                if chain.is_empty() {
+                    return self.authenticate_done(cid, was_auth, Ok(action));
+                }
+                self.start_step(Box::pin(async move {
+                    let result = run_inbound(chain, action).await;
+                    Resume::Authenticate {
+                        cid,
+                        was_auth,
+                        result,
+                    }
+                }));
+            }
+        }
+    }
+
+    fn authenticate_done(
+        &mut self,
+        cid: Cid,
+        was_auth: bool,
+        result: Result<InboundAction, Block>,
+    ) {
+        match result {
+            Ok(_) => {
+                self.emit_auth_events(was_auth);
+                let r = AuthenticateResult {
+                    is_authenticated: true,
+                    auth_error: None,
+                };
+                self.reply_ok(cid, Some(r.to_raw()));
+            }
+            Err(block) => {
+                self.clear_auth_quietly();
+                let e = block.into_wire("authenticate", "inbound");
+                self.warn_wire(&e);
+                let bad = e.as_object().is_some_and(is_bad_token);
+                if bad {
+                    self.reply_err(cid, &e);
+                    self.deauthenticate_inner(true, None);
+                } else {
+                    let r = AuthenticateResult {
+                        is_authenticated: false,
+                        auth_error: Some(error_object(e)),
+                    };
+                    self.reply_ok(cid, Some(r.to_raw()));
+                }
+                if was_auth {
+                    self.on_auth_lost();
+                }
+            }
+        }
+    }
+
+    fn set_auth_quietly(&mut self, signed: String, claims: Arc<Claims>) {
+        let info = AuthInfo {
+            signed: Arc::from(signed),
+            claims,
+        };
+        self.arm_expiry(&info);
+        self.shared.view().auth = Some(info.clone());
+        self.auth = Some(info);
+    }
+
+    fn clear_auth_quietly(&mut self) {
+        self.auth = None;
+        self.shared.view().auth = None;
+        self.expiry_armed = false;
+    }
+
+    fn emit_auth_events(&mut self, was_auth: bool) {
+        let Some(auth) = self.auth.clone() else {
+            return;
+        };
+        if !was_auth {
+            self.emit(ServerEvent::AuthenticationStateChange {
+                socket: self.socket.clone(),
+                old_state: AuthState::Unauthenticated,
+                new_state: AuthState::Authenticated,
+            });
+        }
+        self.emit(ServerEvent::Authentication {
+            socket: self.socket.clone(),
+            auth_token: auth.claims,
+        });
+    }
+
+    /// JS `deauthenticate()` (notify) / `deauthenticateSelf()`.
+    fn deauthenticate(&mut self, notify: bool) {
+        let old = self.auth.take();
+        self.shared.view().auth = None;
+        self.expiry_armed = false;
+        self.deauthenticate_inner(notify, old.as_ref().map(|a| a.claims.clone()));
+        if old.is_some() {
+            self.on_auth_lost();
+        }
+    }
+
+    fn deauthenticate_inner(&mut self, notify: bool, old: Option<Arc<Claims>>) {
+        if old.is_some() {
+            self.emit(ServerEvent::AuthenticationStateChange {
+                socket: self.socket.clone(),
+                old_state: AuthState::Authenticated,
+                new_state: AuthState::Unauthenticated,
+            });
+        }
+        self.emit(ServerEvent::Deauthentication {
+            socket: self.socket.clone(),
+            old_auth_token: old,
+        });
+        if notify && self.state == SocketState::Open {
+            self.send_event(events::REMOVE_AUTH_TOKEN, None);
+        }
+    }
+
+    /// The socket lost its authentication: leave `auth_channels` (our extension).
+    fn on_auth_lost(&mut self) {
+        let cfg = &self.server.config;
+        if cfg.auth_channels.is_empty()
+            || !cfg.auth_channels_kick_out
+            || self.state != SocketState::Open
+        {
+            return;
+        }
+        let channels: Vec<String> = self
+            .shared
+            .view()
+            .channels
+            .keys()
+            .filter(|c| self.is_auth_channel(c))
+            .map(|c| c.to_string())
+            .collect();
+        let message = RawValue::from_string("\"Authentication required\"".to_owned()).ok();
+        for c in channels {
+            self.send_event(
+                events::KICK_OUT,
+                Some(events::kick_out_data(&c, message.as_deref())),
+            );
+            self.unsubscribe_local(&c);
+        }
+    }
+
+    fn is_auth_channel(&self, channel: &str) -> bool {
+        self.server
+            .config
+            .auth_channels
+            .iter()
+            .any(|p| glob_match(p, channel))
+    }
+
+    fn arm_expiry(&mut self, info: &AuthInfo) {
+        match info.exp() {
+            Some(exp) if self.server.config.token_expiry_timer => {
+                let now = now_ms() as f64;
+                // Expired when now_ms > exp * 1000 (JS isAuthTokenExpired).
+                let wait_ms = (exp * 1000.0 - now + 1.0).max(0.0);
+                let wait = Duration::from_millis(wait_ms.min(u64::MAX as f64) as u64)
+                    .min(MAX_EXPIRY_SLEEP);
+                self.expiry.as_mut().reset(Instant::now() + wait);
+                self.expiry_armed = true;
+            }
+            _ => self.expiry_armed = false,
+        }
+    }
+
+    fn on_expiry_timer(&mut self) {
+        self.expiry_armed = false;
+        if self.check_expiry().is_none()
+            && let Some(info) = self.auth.clone()
+        {
+            self.arm_expiry(&info);
+        }
+    }
+
+    /// JS `_processAuthTokenExpiry`: deauthenticate when the token has expired.
+    fn check_expiry(&mut self) -> Option<ErrorObject> {
+        let auth = self.auth.as_ref()?;
+        let exp = auth.exp()?;
+        if (now_ms() as f64) <= exp * 1000.0 {
+            return None;
+        }
+        let exp_value = auth.claims.get("exp").cloned().unwrap_or(Value::Null);
+        self.deauthenticate(true);
+        Some(
+            ErrorObject::new("AuthTokenExpiredError", "The socket auth token has expired")
+                .with("expiry", exp_value),
+        )
+    }
+
+    // ---------------------------------------------------------------- pub/sub
+
+    fn on_publish(
+        &mut self,
+        cid: Option<Cid>,
+        data: Option<Box<RawValue>>,
+        expired: Option<ErrorObject>,
+    ) {
+        if !self.server.config.allow_client_publish {
+            return self.fail(cid, wire::client_publish_disabled());
+        }
+        let Some(p) = parse_publish(data.as_deref()) else {
+            return self.fail(cid, wire::publish_malformatted());
+        };
+        if let Some(e) = self.check_channel_name(&p.channel) {
+            return self.fail(cid, e);
+        }
+        if self.auth.is_none() && self.is_auth_channel(&p.channel) {
+            return self.fail(
+                cid,
+                ErrorObject::new(
+                    "UnauthorizedPublishError",
+                    format!(
+                        "Socket {} must be authenticated to publish to the {} channel",
+                        self.shared.id, p.channel
+                    ),
+                ),
+            );
+        }
+        let chain = snapshot(&self.server.middleware.inbound);
+        if chain.is_empty() {
+            return self.publish(cid, &p.channel, p.data);
+        }
+        let action = self.action(
+            InboundKind::PublishIn {
+                channel: p.channel.clone(),
+            },
+            p.data,
+            expired,
+        );
+        let channel = p.channel;
+        self.start_step(Box::pin(async move {
+            let result = run_inbound(chain, action).await;
+            Resume::PublishIn {
+                cid,
+                channel,
+                result,
+            }
+        }));
+    }
+
+    fn publish(&mut self, cid: Option<Cid>, channel: &str, data: Option<Box<RawValue>>) {
+        let p = Publication::new(channel, data);
+        self.server
+            .stats
+            .publications
+            .fetch_add(1, Ordering::Relaxed);
+        let fut = self.server.broker.publish(p);
+        self.broker_step(fut, move |result| Resume::Published { cid, result });
+    }
+
+    fn broker_step(
+        &mut self,
+        mut fut: BrokerFuture,
+        k: impl FnOnce(Result<(), BrokerError>) -> Resume + Send + 'static,
+    ) {
+        match (&mut fut).now_or_never() {
+            Some(r) => self.resume(k(r)),
+            None => self.step = Some(Box::pin(async move { k(fut.await) })),
+        }
+    }
+
+    fn check_channel_name(&self, channel: &str) -> Option<ErrorObject> {
+        let max = self.server.config.limits.max_channel_name_len;
+        (channel.len() > max).then(|| {
+            ErrorObject::new(
+                "InvalidActionError",
+                format!("Channel name exceeds the maximum length of {max}"),
+            )
+        })
+    }
+
+    fn on_subscribe(
+        &mut self,
+        cid: Option<Cid>,
+        data: Option<Box<RawValue>>,
+        expired: Option<ErrorObject>,
+    ) {
+        // A transmitted #subscribe is not acted upon (PROTOCOL.md 3.6.5).
+        let Some(cid) = cid else { return };
+        let Some(req) = SubscribeRequest::parse(data.as_deref()) else {
+            return self.fail(Some(cid), wire::subscribe_malformatted());
+        };
+        if let Some(e) = self.check_channel_name(&req.channel) {
+            return self.fail(Some(cid), e);
+        }
+        if self.auth.is_none() && self.is_auth_channel(&req.channel) {
+            return self.fail(
+                Some(cid),
+                ErrorObject::new(
+                    "UnauthorizedSubscribeError",
+                    format!(
+                        "Socket {} must be authenticated to subscribe to the {} channel",
+                        self.shared.id, req.channel
+                    ),
+                ),
+            );
+        }
+        let chain = snapshot(&self.server.middleware.inbound);
+        if chain.is_empty() {
+            return self.subscribe(cid, req.channel);
+        }
+        let action = self.action(
+            InboundKind::Subscribe {
+                channel: req.channel.clone(),
+            },
+            req.data,
+            expired,
+        );
+        let channel = req.channel;
+        self.start_step(Box::pin(async move {
+            let result = run_inbound(chain, action).await;
+            Resume::Subscribe {
+                cid,
+                channel,
+                result,
+            }
+        }));
+    }
+
+    fn subscribe(&mut self, cid: Cid, channel: String) {
+        if self.state != SocketState::Open {
+            return self.fail(
+                Some(cid),
+                wire_invalid_action(
+                    "Cannot subscribe socket to a channel before it has completed the handshake",
+                ),
+            );
+        }
+        let count = self.shared.view().channels.len();
+        if let Some(limit) = self.server.config.limits.socket_channel_limit
+            && count >= limit
+        {
+            return self.fail(
+                Some(cid),
+                wire::channel_limit(&channel, &self.shared.id, limit),
+            );
+        }
+        {
+            let mut view = self.shared.view();
+            if view.channels.contains_key(channel.as_str()) {
+                drop(view);
+                return self.reply_ok(cid, None);
+            }
+            view.channel_seq += 1;
+            let seq = view.channel_seq;
+            view.channels.insert(channel.as_str().into(), seq);
+        }
+        let first = self
+            .server
+            .hub
+            .add(&channel, Subscriber::Socket(self.shared.clone()));
+        if first {
+            let fut = self.server.broker.subscribe(&channel);
+            self.broker_step(fut, move |result| Resume::Subscribed {
+                cid,
+                channel,
+                result,
+            });
+        } else {
+            self.subscribed(cid, channel, Ok(()));
+        }
+    }
+
+    fn subscribed(&mut self, cid: Cid, channel: String, result: Result<(), BrokerError>) {
+        match result {
+            Ok(()) => {
+                self.reply_ok(cid, None);
+                self.emit(ServerEvent::Subscription {
+                    socket: self.socket.clone(),
+                    channel,
+                });
+            }
+            Err(e) => {
+                self.shared.view().channels.remove(channel.as_str());
+                self.server.hub.remove(&channel, self.shared.key);
+                let err = ErrorObject::new(
+                    "BrokerError",
+                    format!("Failed to subscribe socket to the {channel} channel - {e}"),
+                );
+                self.fail(Some(cid), err);
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, cid: Option<Cid>, data: Option<Box<RawValue>>) {
+        let Some(channel) = parse_unsubscribe(data.as_deref()) else {
+            return self.fail(cid, wire::unsubscribe_malformatted());
+        };
+        if !self.shared.view().channels.contains_key(channel.as_str()) {
+            // A transmitted #unsubscribe for an unknown channel is routine (JS client
+            // unsubscribing a pending channel): only invoked ones get the error.
+            if let Some(cid) = cid {
+                self.reply_err(
+                    cid,
+                    &WireError::Object(wire::not_subscribed(&channel, &self.shared.id)),
+                );
+            }
+            return;
+        }
+        self.shared.view().channels.remove(channel.as_str());
+        let last =
+            self.server.hub.remove(&channel, self.shared.key) == Removed::Removed { last: true };
+        if last {
+            let fut = self.server.broker.unsubscribe(&channel);
+            self.broker_step(fut, move |result| Resume::Unsubscribed {
+                cid,
+                channel,
+                result,
+            });
+        } else {
+            self.unsubscribed(cid, channel, Ok(()));
+        }
+    }
+
+    fn unsubscribed(&mut self, cid: Option<Cid>, channel: String, result: Result<(), BrokerError>) {
+        if let Err(e) = &result {
+            tracing::warn!(channel = %channel, error = %e, "broker unsubscribe failed");
+        }
+        self.emit(ServerEvent::Unsubscription {
+            socket: self.socket.clone(),
+            channel,
+        });
+        if let Some(cid) = cid {
+            self.reply_ok(cid, None);
+        }
+    }
+
+    /// Server-side unsubscribe (kick-out, close): bookkeeping + broker in background.
+    fn unsubscribe_local(&mut self, channel: &str) -> bool {
+        if self.shared.view().channels.remove(channel).is_none() {
+            return false;
+        }
+        if self.server.hub.remove(channel, self.shared.key) == (Removed::Removed { last: true }) {
+            let fut = self.server.broker.unsubscribe(channel);
+            tokio::spawn(async move {
+                if let Err(e) = fut.await {
+                    tracing::warn!(error = %e, "broker unsubscribe failed");
+                }
+            });
+        }
+        self.emit(ServerEvent::Unsubscription {
+            socket: self.socket.clone(),
+            channel: channel.to_owned(),
+        });
+        true
+    }
+
+    // ---------------------------------------------------------------- RPC
+
+    fn on_app_event(
+        &mut self,
+        event: String,
+        cid: Option<Cid>,
+        data: Option<Box<RawValue>>,
+        expired: Option<ErrorObject>,
+    ) {
+        let kind = match cid {
+            Some(_) => InboundKind::Invoke { procedure: event },
+            None => InboundKind::Transmit { receiver: event },
+        };
+        let chain = snapshot(&self.server.middleware.inbound);
+        if chain.is_empty() {
+            return self.dispatch(kind, cid, data);
+        }
+        let action = self.action(kind, data, expired);
+        self.start_step(Box::pin(async move {
+            let result = run_inbound(chain, action).await;
+            Resume::App { cid, result }
+        }));
+    }
+
+    fn dispatch(&mut self, kind: InboundKind, cid: Option<Cid>, data: Option<Box<RawValue>>) {
+        match (kind, cid) {
+            (InboundKind::Invoke { procedure }, Some(cid)) => {
+                match self.server.handlers.procedure(&procedure) {
+                    Some(h) => {
+                        let req = Request::new(self.socket.clone(), procedure, data, cid);
+                        tokio::spawn(h.call(req));
+                    }
+                    None => {
+                        if self.server.config.unhandled_procedure == UnhandledProcedure::Error {
+                            let e = ErrorObject::new(
+                                "UnhandledProcedureError",
+                                format!("No handler for procedure {procedure}"),
+                            );
+                            self.reply_err(cid, &WireError::Object(e));
+                        }
+                    }
+                }
+            }
+            (InboundKind::Transmit { receiver }, _) => {
+                if let Some(h) = self.server.handlers.receiver(&receiver) {
+                    let ev = ReceivedEvent::new(self.socket.clone(), receiver, data);
+                    tokio::spawn(h.call(ev));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Transmit { event, data } => {
+                if self.state == SocketState::Open {
+                    self.send_event(&event, data);
+                }
+            }
+            Cmd::Invoke { event, data, reply } => self.invoke(event, data, reply),
+            Cmd::SetAuthToken {
+                signed,
+                claims,
+                ack,
+                reply,
+            } => {
+                if self.state != SocketState::Open {
+                    let _ = reply.send(Err(AuthTokenError::NotOpen));
+                    return;
+                }
+                let was_auth = self.auth.is_some();
+                self.set_auth_quietly(signed.clone(), claims);
+                self.emit_auth_events(was_auth);
+                let data = events::set_auth_token_data(&signed);
+                match ack {
+                    Some(ack) => self.invoke(events::SET_AUTH_TOKEN.to_owned(), Some(data), ack),
+                    None => self.send_event(events::SET_AUTH_TOKEN, Some(data)),
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::SignFailed { message } => {
+                self.warn(ErrorObject::new("AuthTokenSignError", message));
+                self.close(4002, "");
+            }
+            Cmd::Deauthenticate { notify, reply } => {
+                self.deauthenticate(notify);
+                let _ = reply.send(());
+            }
+            Cmd::KickOut {
+                channel,
+                message,
+                reply,
+            } => {
+                if self.state != SocketState::Open {
+                    let _ = reply.send(Err(KickOutError::NotOpen));
+                    return;
+                }
+                let channels: Vec<String> = match channel {
+                    Some(c) => vec![c],
+                    None => self.socket.subscriptions(),
+                };
+                let mut result = Ok(());
+                for c in channels {
+                    self.send_event(
+                        events::KICK_OUT,
+                        Some(events::kick_out_data(&c, message.as_deref())),
+                    );
+                    if !self.unsubscribe_local(&c) {
+                        result = Err(KickOutError::NotSubscribed {
+                            socket_id: self.shared.id.to_string(),
+                        });
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Cmd::Disconnect { code, reason } => {
+                if CloseCode(code).is_sendable() {
+                    self.close(code, &reason);
+                } else {
+                    self.close(1000, &reason);
+                }
+            }
+            Cmd::Terminate => self.close_without_frame(1006, ""),
+        }
+    }
+
+    fn invoke(&mut self, event: String, data: Option<Box<RawValue>>, reply: InvokeReply) {
+        if self.state != SocketState::Open {
+            let _ = reply.send(Err(InvokeError::BadConnection(event)));
+            return;
+        }
+        let max = self.server.config.limits.max_pending_invokes;
+        if self.pending.len() >= max {
+            self.pending.retain(|_, (_, r)| !r.is_closed());
+            if self.pending.len() >= max {
+                let _ = reply.send(Err(InvokeError::TooManyPending));
+                return;
+            }
+        }
+        let cid = self.cids.next_cid();
+        let text = EventPacket::invoke(event.clone(), data, cid).encode(KeyOrder::Server);
+        self.pending.insert(cid, (event, reply));
+        self.send_text(text);
+    }
+
+    // ---------------------------------------------------------------- output helpers
+
+    fn action(
+        &self,
+        kind: InboundKind,
+        data: Option<Box<RawValue>>,
+        expired: Option<ErrorObject>,
+    ) -> InboundAction {
+        InboundAction {
+            socket: self.socket.clone(),
+            kind,
+            data,
+            auth_token_expired_error: expired,
+        }
+    }
+
+    fn send_text(&self, text: String) {
+        self.shared.outbox.push(Utf8Bytes::from(text));
+    }
+
+    fn send_event(&self, event: &str, data: Option<Box<RawValue>>) {
+        self.send_text(EventPacket::transmit(event, data).encode(KeyOrder::Server));
+    }
+
+    fn reply_ok(&self, cid: Cid, data: Option<Box<RawValue>>) {
+        self.send_text(ResponsePacket::ok(cid, data).encode());
+    }
+
+    fn reply_err(&self, cid: Cid, e: &WireError) {
+        self.send_text(ResponsePacket::err(cid, e).encode());
+    }
+
+    /// Report a refused action: error reply for an invoke, nothing for a transmit.
+    fn fail(&self, cid: Option<Cid>, e: ErrorObject) {
+        self.warn(e.clone());
+        if let Some(cid) = cid {
+            self.reply_err(cid, &WireError::Object(e));
+        }
+    }
+
+    fn emit(&self, ev: ServerEvent) {
+        self.server.emit(ev);
+    }
+
+    fn warn(&self, error: ErrorObject) {
+        self.emit(ServerEvent::Warning {
+            socket: Some(self.socket.clone()),
+            error,
+        });
+    }
+
+    fn warn_wire(&self, e: &WireError) {
+        self.warn(error_object(e.clone()));
+    }
+
+    // ---------------------------------------------------------------- closing
+
+    fn close(&mut self, code: u16, reason: &str) {
+        if self.closing.is_some() {
+            return;
+        }
+        self.shared.outbox.push_close(code, reason);
+        self.closing = Some(Closing {
+            code,
+            reason: reason.to_owned(),
+            sent_frame: true,
+            by_peer: false,
+        });
+    }
+
+    fn close_without_frame(&mut self, code: u16, reason: &str) {
+        if self.closing.is_some() {
+            return;
+        }
+        self.closing = Some(Closing {
+            code,
+            reason: reason.to_owned(),
+            sent_frame: false,
+            by_peer: false,
+        });
+    }
+
+    async fn finish(mut self) {
+        let closing = self.closing.take().unwrap_or(Closing {
+            code: 1006,
+            reason: String::new(),
+            sent_frame: false,
+            by_peer: false,
+        });
+        let prev = self.state;
+        self.state = SocketState::Closed;
+        self.shared.view().state = SocketState::Closed;
+        self.step = None;
+        let reason = CloseCode(closing.code).reported_reason(&closing.reason);
+        self.shared.closed.send_replace(Some(CloseInfo {
+            code: closing.code,
+            reason: reason.clone(),
+        }));
+        for (_, (event, reply)) in self.pending.drain() {
+            let _ = reply.send(Err(InvokeError::BadConnection(event)));
+        }
+        self.server.socket_closed(&self.socket, prev);
+        let ev = if prev == SocketState::Open {
+            ServerEvent::Disconnection {
+                socket: self.socket.clone(),
+                code: closing.code,
+                reason,
+            }
+        } else {
+            ServerEvent::ConnectionAbort {
+                socket: self.socket.clone(),
+                code: closing.code,
+                reason,
+            }
+        };
+        self.emit(ev);
+        let channels = self.socket.subscriptions();
+        for c in channels {
+            self.unsubscribe_local(&c);
+        }
+        if closing.sent_frame || closing.by_peer {
+            // Let the close handshake complete: our close frame (queued behind any
+            // earlier frames) goes out, and the peer's close (or its reply) comes in.
+            let timeout = self.server.config.limits.close_timeout;
+            let _ = tokio::time::timeout(timeout, async {
+                loop {
+                    let ev = IoPoll {
+                        ws: &mut self.ws,
+                        rx: &mut self.out_rx,
+                        w: &mut self.wstate,
+                        can_read: true,
+                        shared: &self.shared,
+                        server: &self.server,
+                    }
+                    .await;
+                    match ev {
+                        IoEvent::Inbound(Some(Ok(_))) => continue,
+                        _ => break,
+                    }
+                }
+            })
+            .await;
+        }
+        self.server.socket_finished();
+    }
+}
+
+fn wire_invalid_action(msg: &str) -> ErrorObject {
+    ErrorObject::new("InvalidActionError", msg)
+}
+
+/// An error object for a wire error (non-object errors become `{"message": ...}`).
+fn error_object(e: WireError) -> ErrorObject {
+    match e {
+        WireError::Object(o) => o,
+        WireError::Value(v) => ErrorObject::new(
+            "Error",
+            match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            },
+        ),
+    }
+}

@@ -1,0 +1,409 @@
+//! RPC (PROTOCOL.md 3.3, 3.4, 7) and authentication (5, 3.6.2-3.6.4) on the wire.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use socketcluster_server::{InvokeError, ServerEvent, UnhandledProcedure};
+
+/// PROTOCOL.md 11.1: echo, no data, named error, plain error, no handler, batches.
+#[tokio::test]
+async fn rpc_frames_match_the_js_server() {
+    let server = start(config()).await;
+    let mut c = open(&server).await;
+    c.send(r#"{"event":"echo","data":{"hello":"world","n":[1,2]},"cid":2}"#)
+        .await;
+    assert_eq!(
+        c.text().await,
+        r#"{"rid":2,"data":{"hello":"world","n":[1,2]}}"#
+    );
+    c.send(r#"{"event":"noreply","data":5,"cid":3}"#).await;
+    assert_eq!(c.text().await, r#"{"rid":3}"#);
+    c.send(r#"{"event":"fail","data":null,"cid":4}"#).await;
+    assert_eq!(
+        c.text().await,
+        r#"{"rid":4,"error":{"message":"Something failed","name":"CustomFailError","extra":42}}"#
+    );
+    c.send(r#"{"event":"failPlain","cid":5}"#).await;
+    assert_eq!(
+        c.text().await,
+        r#"{"rid":5,"error":{"message":"plain error"}}"#
+    );
+    // raw messages: nothing comes back; an unknown procedure is never answered
+    c.send("this is not json").await;
+    c.send(r#"{"broken json"#).await;
+    c.send(r#"{"hello":"no event no rid"}"#).await;
+    c.send(r#"{"event":"noSuchProc","data":1,"cid":14}"#).await;
+    c.send(
+        r#"[{"event":"echo","data":"batch1","cid":12},{"event":"echo","data":"batch2","cid":13}]"#,
+    )
+    .await;
+    assert_eq!(c.text().await, r#"{"rid":12,"data":"batch1"}"#);
+    assert_eq!(c.text().await, r#"{"rid":13,"data":"batch2"}"#);
+    c.silent_for(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(server.stats().raw_messages, 3);
+}
+
+/// X-2: duplicate cids are both answered; 0, negative and fractional cids are echoed;
+/// a non-finite cid comes back as null.
+#[tokio::test]
+async fn cids_are_echoed_exactly() {
+    let server = start(config()).await;
+    let mut c = open(&server).await;
+    for (frame, reply) in [
+        (
+            r#"{"event":"echo","cid":13,"data":"dup-a"}"#,
+            r#"{"rid":13,"data":"dup-a"}"#,
+        ),
+        (
+            r#"{"event":"echo","cid":13,"data":"dup-b"}"#,
+            r#"{"rid":13,"data":"dup-b"}"#,
+        ),
+        (
+            r#"{"event":"echo","cid":0,"data":"zero"}"#,
+            r#"{"rid":0,"data":"zero"}"#,
+        ),
+        (
+            r#"{"event":"echo","cid":-3,"data":"neg"}"#,
+            r#"{"rid":-3,"data":"neg"}"#,
+        ),
+        (
+            r#"{"event":"echo","cid":1.5,"data":"frac"}"#,
+            r#"{"rid":1.5,"data":"frac"}"#,
+        ),
+        (
+            r#"{"event":"echo","cid":1e400,"data":"inf"}"#,
+            r#"{"rid":null,"data":"inf"}"#,
+        ),
+    ] {
+        c.send(frame).await;
+        assert_eq!(c.text().await, reply);
+    }
+    // a string cid is a transmit: no answer (3.1)
+    c.send(r#"{"event":"echo","cid":"9","data":"x"}"#).await;
+    c.silent_for(Duration::from_millis(150)).await.unwrap();
+}
+
+/// Payloads are forwarded byte for byte: unicode, escapes, nested, big integers, binary.
+#[tokio::test]
+async fn payloads_round_trip_unchanged() {
+    let server = start(config()).await;
+    let mut c = open(&server).await;
+    for data in [
+        r#""日本語 🎉 \u0001 \n \"q\" \u2028""#,
+        r#"{"a":{"b":[1,{"c":null}],"d":true},"e":-0.5}"#,
+        r#"12345678901234567890123"#,
+        r#"{"base64":true,"data":"AQID"}"#,
+        r#"1e400"#,
+    ] {
+        c.send(&format!(r#"{{"event":"echo","data":{data},"cid":7}}"#))
+            .await;
+        assert_eq!(c.text().await, format!(r#"{{"rid":7,"data":{data}}}"#));
+    }
+}
+
+/// Typed procedures and the optional error for unhandled procedures.
+#[tokio::test]
+async fn typed_procedures_and_unhandled_procedure_errors() {
+    let server = start(config().with_unhandled_procedure(UnhandledProcedure::Error)).await;
+    server.typed_procedure(
+        "add",
+        |_s: socketcluster_server::Socket, (a, b): (i64, i64)| async move {
+            Ok::<_, socketcluster_server::WireError>(a + b)
+        },
+    );
+    let mut c = open(&server).await;
+    assert_eq!(
+        c.invoke("add", json!([2, 3]), 2).await,
+        json!({"rid":2,"data":5})
+    );
+    let bad = c.invoke("add", json!("x"), 3).await;
+    assert_eq!(bad["error"]["name"], "InvalidArgumentsError");
+    let none = c.invoke("nope", json!(1), 4).await;
+    assert_eq!(
+        none,
+        json!({"rid":4,"error":{"message":"No handler for procedure nope","name":"UnhandledProcedureError"}})
+    );
+}
+
+/// 7.3 / 11.2: server → client invoke (cid starts at 1, key order event, cid, data),
+/// transmit, responses with unknown rid are ignored, falsy errors are successes (X-3),
+/// timeouts and aborted invokes.
+#[tokio::test]
+async fn server_to_client_invoke_and_transmit() {
+    let server = start(config().with_ack_timeout(Duration::from_millis(300))).await;
+    let mut c = open(&server).await;
+    eventually(|| server.clients_count() == 1).await;
+    let socket = server.clients().pop().unwrap();
+
+    let s = socket.clone();
+    let h = tokio::spawn(async move { s.invoke("clientProc", &json!({"x": 1})).await });
+    assert_eq!(
+        c.text().await,
+        r#"{"event":"clientProc","cid":1,"data":{"x":1}}"#
+    );
+    c.send(r#"{"rid":9999,"data":"unknown rid"}"#).await;
+    c.send(r#"{"rid":1,"data":"client says hi"}"#).await;
+    let got = h.await.unwrap().unwrap().unwrap();
+    assert_eq!(got.get(), r#""client says hi""#);
+
+    let s = socket.clone();
+    let h = tokio::spawn(async move { s.invoke("clientProc", &json!(2)).await });
+    assert_eq!(c.json().await["cid"], 2);
+    c.send(r#"{"rid":2,"error":false,"data":"falsy error"}"#)
+        .await;
+    assert_eq!(h.await.unwrap().unwrap().unwrap().get(), r#""falsy error""#);
+
+    let s = socket.clone();
+    let h = tokio::spawn(async move { s.invoke("clientFail", &json!("q")).await });
+    assert_eq!(c.json().await["cid"], 3);
+    c.send(r#"{"rid":3,"error":{"message":"client refused","name":"ClientRefusedError"}}"#)
+        .await;
+    match h.await.unwrap() {
+        Err(InvokeError::Remote(e)) => assert_eq!(e.name(), "ClientRefusedError"),
+        other => panic!("{other:?}"),
+    }
+
+    // no answer -> TimeoutError after ack_timeout
+    let r = socket.invoke("silent", &json!(null)).await;
+    assert!(matches!(r, Err(InvokeError::Timeout(_))), "{r:?}");
+    assert_eq!(c.json().await["cid"], 4);
+
+    socket.transmit("clientEvent", &json!({"y": 2})).unwrap();
+    socket.transmit_raw("noDataEvent", None).unwrap();
+    assert_eq!(c.text().await, r#"{"event":"clientEvent","data":{"y":2}}"#);
+    assert_eq!(c.text().await, r#"{"event":"noDataEvent"}"#);
+
+    // an invoke pending when the socket closes fails with BadConnectionError
+    let s = socket.clone();
+    let h = tokio::spawn(async move { s.invoke("hang", &json!(null)).await });
+    assert_eq!(c.json().await["cid"], 5);
+    c.close(1000, "bye").await;
+    assert!(matches!(
+        h.await.unwrap(),
+        Err(InvokeError::BadConnection(_))
+    ));
+    assert!(socket.transmit("late", &1).is_err());
+}
+
+/// 11.2 / SV-9: login sets a token: `#setAuthToken` with a token whose payload is
+/// `{username, iat, exp = iat + 86400}`; logout sends `#removeAuthToken`.
+#[tokio::test]
+async fn set_auth_token_and_deauthenticate_on_the_wire() {
+    let server = start(config()).await;
+    let mut events = server.events();
+    let mut c = open(&server).await;
+    c.send(r#"{"event":"login","data":"bob","cid":30}"#).await;
+    let mut frames = [c.json().await, c.json().await];
+    frames.sort_by_key(|f| f.get("rid").is_none());
+    assert_eq!(frames[0], json!({"rid":30,"data":"ok"}));
+    assert_eq!(frames[1]["event"], "#setAuthToken");
+    let token = frames[1]["data"]["token"].as_str().unwrap().to_owned();
+    let claims = server.verify_token(&token).unwrap();
+    let keys: Vec<&String> = claims.keys().collect();
+    assert_eq!(keys, ["username", "iat", "exp"]);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        86400
+    );
+    let who = c.invoke("whoami", Value::Null, 31).await;
+    assert_eq!(who["data"]["authToken"]["username"], "bob");
+
+    c.send(r#"{"event":"logout","cid":32}"#).await;
+    let mut frames = [c.text().await, c.text().await];
+    frames.sort();
+    assert_eq!(
+        frames,
+        [r##"{"event":"#removeAuthToken"}"##, r#"{"rid":32}"#]
+    );
+    let who = c.invoke("whoami", Value::Null, 33).await;
+    assert_eq!(who["data"]["authenticated"], false);
+
+    // events: state change + authentication, then state change + deauthentication
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match events.recv().await.unwrap() {
+            ServerEvent::AuthenticationStateChange { new_state, .. } => {
+                seen.push(format!("state:{new_state:?}"))
+            }
+            ServerEvent::Authentication { .. } => seen.push("authenticate".into()),
+            ServerEvent::Deauthentication { .. } => seen.push("deauthenticate".into()),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "state:Authenticated",
+            "authenticate",
+            "state:Unauthenticated",
+            "deauthenticate"
+        ]
+    );
+}
+
+/// 3.6.2 table / X-4 / SV-21: every `#authenticate` outcome.
+#[tokio::test]
+async fn authenticate_outcomes_follow_the_js_table() {
+    let server = start(config()).await;
+    let mut c = open(&server).await;
+    let good = sign(&server, json!({"username": "bob"}));
+    let r = c.invoke("#authenticate", json!(good), 2).await;
+    assert_eq!(
+        r,
+        json!({"rid":2,"data":{"isAuthenticated":true,"authError":null}})
+    );
+
+    // bad token: error first, then #removeAuthToken; the socket is unauthenticated
+    c.send(r##"{"event":"#authenticate","data":"x","cid":3}"##)
+        .await;
+    assert_eq!(
+        c.text().await,
+        r#"{"rid":3,"error":{"message":"jwt malformed","name":"AuthTokenInvalidError","isBadToken":true}}"#
+    );
+    assert_eq!(c.text().await, r##"{"event":"#removeAuthToken"}"##);
+    assert_eq!(
+        c.invoke("whoami", Value::Null, 4).await["data"]["authenticated"],
+        false
+    );
+
+    // missing token and non-string token
+    c.send(r##"{"event":"#authenticate","cid":5}"##).await;
+    assert_eq!(
+        c.text().await,
+        r#"{"rid":5,"error":{"message":"jwt must be provided","name":"AuthTokenInvalidError","isBadToken":true}}"#
+    );
+    assert_eq!(c.text().await, r##"{"event":"#removeAuthToken"}"##);
+    c.send(r##"{"event":"#authenticate","data":42,"cid":6}"##)
+        .await;
+    assert_eq!(
+        c.text().await,
+        r#"{"rid":6,"error":{"message":"Invalid token format - Token must be a string","name":"AuthTokenError","isBadToken":true}}"#
+    );
+    assert_eq!(c.text().await, r##"{"event":"#removeAuthToken"}"##);
+
+    // soft failure (nbf) on an authenticated socket: data reply, nothing else,
+    // unauthenticated afterwards
+    assert_eq!(
+        c.invoke("#authenticate", json!(good), 7).await["data"]["isAuthenticated"],
+        true
+    );
+    let nbf = server
+        .sign_token(&json!({"u": 1, "nbf": now_s() + 1000}), &Default::default())
+        .unwrap();
+    let r = c.invoke("#authenticate", json!(nbf), 8).await;
+    assert_eq!(r["data"]["isAuthenticated"], false);
+    assert_eq!(r["data"]["authError"]["name"], "AuthTokenNotBeforeError");
+    assert_eq!(r["data"]["authError"]["isBadToken"], false);
+    assert_eq!(
+        c.invoke("whoami", Value::Null, 9).await["data"]["authenticated"],
+        false
+    );
+
+    // X-5: #removeAuthToken with a cid is never answered
+    c.send(r##"{"event":"#removeAuthToken","cid":10}"##).await;
+    c.silent_for(Duration::from_millis(150)).await.unwrap();
+
+    // SV-21: #authenticate without cid closes with 4008
+    c.send(r##"{"event":"#authenticate","data":"x"}"##).await;
+    assert_eq!(c.closed().await.0, 4008);
+}
+
+/// 5.2: calling set_auth_token before the handshake fails; a claims value that is not an
+/// object is refused.
+#[tokio::test]
+async fn set_auth_token_requires_an_open_socket_and_an_object() {
+    let server = start(config()).await;
+    let mut events = server.events();
+    let _c = Raw::connect(&url(&server)).await;
+    let socket = loop {
+        if let ServerEvent::Handshake { socket } = events.recv().await.unwrap() {
+            break socket;
+        }
+    };
+    assert!(matches!(
+        socket
+            .set_auth_token(&json!({"a": 1}), Default::default())
+            .await,
+        Err(socketcluster_server::AuthTokenError::NotOpen)
+    ));
+    assert!(matches!(
+        socket.set_auth_token(&json!([1]), Default::default()).await,
+        Err(socketcluster_server::AuthTokenError::NotAnObject)
+    ));
+}
+
+/// 5.5 (JS behaviour, timer off): an expired token is noticed at the next packet,
+/// `#removeAuthToken` goes out before the reply, and the middleware sees
+/// `authTokenExpiredError`.
+#[tokio::test]
+async fn expired_token_is_removed_at_the_next_packet_without_timer() {
+    let server = start(config().with_token_expiry_timer(false)).await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen2 = seen.clone();
+    server.add_inbound_middleware(move |a: socketcluster_server::InboundAction| {
+        let seen = seen2.clone();
+        async move {
+            if let Some(e) = a.auth_token_expired_error() {
+                *seen.lock().unwrap() = Some(e.message.clone());
+            }
+            Ok(a)
+        }
+    });
+    let token = server
+        .sign_token(&json!({"u": 1, "exp": now_s() + 1}), &Default::default())
+        .unwrap();
+    let mut c = Raw::connect(&url(&server)).await;
+    assert_eq!(
+        c.handshake(Some(&token)).await["data"]["isAuthenticated"],
+        true
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    c.send(r#"{"event":"whoami","cid":2}"#).await;
+    assert_eq!(c.text().await, r##"{"event":"#removeAuthToken"}"##);
+    let r = c.json().await;
+    assert_eq!(r["data"]["authenticated"], false);
+    assert_eq!(
+        seen.lock().unwrap().as_deref(),
+        Some("The socket auth token has expired")
+    );
+}
+
+/// Beyond JS: with the expiry timer (default) the socket is deauthenticated at the
+/// moment the token expires, without any traffic from the client.
+#[tokio::test]
+async fn expiry_timer_deauthenticates_without_traffic() {
+    let server = start(config()).await;
+    let token = server
+        .sign_token(&json!({"u": 1, "exp": now_s() + 1}), &Default::default())
+        .unwrap();
+    let mut c = Raw::connect(&url(&server)).await;
+    assert_eq!(
+        c.handshake(Some(&token)).await["data"]["isAuthenticated"],
+        true
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(c.text().await, r##"{"event":"#removeAuthToken"}"##);
+    assert!(started.elapsed() <= Duration::from_millis(2500));
+    assert_eq!(
+        c.invoke("whoami", Value::Null, 2).await["data"]["authenticated"],
+        false
+    );
+}
+
+/// Key rotation at runtime (CL-6 / SV-3): tokens signed with the old key stop verifying.
+#[tokio::test]
+async fn rotating_the_key_invalidates_old_tokens() {
+    let server = start(config()).await;
+    let token = sign(&server, json!({"username": "bob"}));
+    server
+        .set_auth(&socketcluster_server::auth::AuthConfig::with_secret(
+            "newkey",
+        ))
+        .unwrap();
+    let mut c = Raw::connect(&url(&server)).await;
+    let v = c.handshake(Some(&token)).await;
+    assert_eq!(v["data"]["authError"]["message"], "invalid signature");
+}
