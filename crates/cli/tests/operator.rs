@@ -344,7 +344,9 @@ async fn disconnect_and_deauthenticate_by_claim_hit_exactly_the_matching_sockets
 
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .find(|l| {
+            l.starts_with(name) && (name.ends_with('}') || l[name.len()..].starts_with([' ', '{']))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
@@ -385,6 +387,22 @@ async fn metrics_and_health_follow_the_traffic() {
             > metric(&before, "socketcluster_messages_received_total")
     );
     assert!(metric(&after, "socketcluster_handshakes_completed_total") >= 1.0);
+    // emitted by the server library through the `metrics` facade
+    assert!(
+        metric(
+            &after,
+            "socketcluster_server_publications_in_total{source=\"client\"}"
+        ) >= 5.0,
+        "{after}"
+    );
+    assert!(metric(&after, "socketcluster_server_publications_out_total") >= 5.0);
+    assert!(
+        metric(
+            &after,
+            "socketcluster_server_subscriptions_total{outcome=\"ok\"}"
+        ) >= 1.0
+    );
+    assert!(metric(&after, "socketcluster_server_connections_total") >= 1.0);
     let (_, v) = api(serve.port, "GET", "/api/channels", None).await;
     assert_eq!(v, json!({"channels": [{"channel": "m", "subscribers": 1}]}));
 }

@@ -533,7 +533,11 @@ impl AuthEngine {
     /// Verify a signed token with the JS verifier's rules and messages (see the module
     /// docs). The error is the dehydrated auth error, including `isBadToken`.
     pub fn verify(&self, token: &str) -> Result<VerifiedToken, Box<ErrorObject>> {
-        self.verify_at(token, now_ms())
+        let result = self.verify_at(token, now_ms());
+        if let Err(e) = &result {
+            crate::metrics::auth_failure(e.name.as_str());
+        }
+        result
     }
 
     pub(crate) fn verify_at(

@@ -99,6 +99,7 @@ impl Subscriber {
             Subscriber::Exchange(e) => {
                 if e.tx.try_send(p.clone()).is_err() {
                     e.dropped.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::exchange_dropped();
                 }
             }
         }
@@ -124,9 +125,17 @@ pub(crate) struct ChannelHub {
 }
 
 impl ChannelHub {
-    /// Add a subscriber; returns whether it is the channel's first local subscriber.
-    /// Adding the same subscriber twice is a no-op (returns false).
-    pub(crate) fn add(&self, channel: &str, sub: Subscriber) -> bool {
+    /// Add a subscriber (adding the same subscriber twice is a no-op) and, when it is the channel's first, call `on_first` **while the
+    /// map is still locked**. Broker calls made from `on_first` / `on_last` (which only
+    /// enqueue work) therefore reach the broker in exactly the order the hub changed, so
+    /// a concurrent last-leave / first-join can never leave a channel with local
+    /// subscribers but no backplane subscription.
+    pub(crate) fn add_then<R>(
+        &self,
+        channel: &str,
+        sub: Subscriber,
+        on_first: impl FnOnce() -> R,
+    ) -> Option<R> {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         match map.get_mut(channel) {
             Some(entry) => {
@@ -135,7 +144,7 @@ impl ChannelHub {
                     entry.subs.push(sub);
                     *entry.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 }
-                false
+                None
             }
             None => {
                 map.insert(
@@ -145,27 +154,38 @@ impl ChannelHub {
                         snapshot: Mutex::new(None),
                     },
                 );
-                true
+                Some(on_first())
             }
         }
     }
 
     /// Remove the subscriber with `key` from `channel`.
     pub(crate) fn remove(&self, channel: &str, key: u64) -> Removed {
+        self.remove_then(channel, key, || ()).0
+    }
+
+    /// Remove the subscriber with `key` and, when it was the channel's last, call
+    /// `on_last` while the map is still locked (see [`ChannelHub::add_then`]).
+    pub(crate) fn remove_then<R>(
+        &self,
+        channel: &str,
+        key: u64,
+        on_last: impl FnOnce() -> R,
+    ) -> (Removed, Option<R>) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = map.get_mut(channel) else {
-            return Removed::NotSubscribed;
+            return (Removed::NotSubscribed, None);
         };
         let Some(pos) = entry.subs.iter().position(|s| s.key() == key) else {
-            return Removed::NotSubscribed;
+            return (Removed::NotSubscribed, None);
         };
         entry.subs.remove(pos);
         if entry.subs.is_empty() {
             map.remove(channel);
-            Removed::Removed { last: true }
+            (Removed::Removed { last: true }, Some(on_last()))
         } else {
             *entry.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            Removed::Removed { last: false }
+            (Removed::Removed { last: false }, None)
         }
     }
 
@@ -187,6 +207,7 @@ impl ChannelHub {
         for s in subs.iter() {
             s.deliver(p);
         }
+        crate::metrics::publications_out(subs.len());
         subs.len()
     }
 
@@ -218,5 +239,71 @@ impl ChannelHub {
     /// Number of channels with at least one local subscriber.
     pub(crate) fn len(&self) -> usize {
         self.map.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+
+    fn sink(key: u64) -> Subscriber {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        Subscriber::Exchange(Arc::new(ExchangeSink {
+            key,
+            tx,
+            dropped: AtomicU64::new(0),
+        }))
+    }
+
+    #[test]
+    fn broker_calls_follow_first_join_and_last_leave_in_hub_order() {
+        let hub = ChannelHub::default();
+        let log = StdMutex::new(Vec::new());
+        let record = |what: &str| log.lock().unwrap().push(what.to_owned());
+        assert!(hub.add_then("c", sink(1), || record("subscribe")).is_some());
+        assert!(hub.add_then("c", sink(2), || record("subscribe")).is_none());
+        // the same subscriber twice is a no-op
+        assert!(hub.add_then("c", sink(2), || record("subscribe")).is_none());
+        assert_eq!(hub.remove_then("c", 1, || record("unsubscribe")).1, None);
+        assert_eq!(
+            hub.remove_then("c", 2, || record("unsubscribe")),
+            (Removed::Removed { last: true }, Some(()))
+        );
+        assert_eq!(
+            hub.remove_then("c", 2, || record("unsubscribe")).0,
+            Removed::NotSubscribed
+        );
+        // a new first subscriber after the last left subscribes again
+        assert!(hub.add_then("c", sink(3), || record("subscribe")).is_some());
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["subscribe", "unsubscribe", "subscribe"]
+        );
+    }
+
+    #[test]
+    fn concurrent_join_and_leave_leave_the_broker_consistent() {
+        // Whatever the interleaving, the broker's last call matches the hub's state.
+        for _ in 0..200 {
+            let hub = Arc::new(ChannelHub::default());
+            let log = Arc::new(StdMutex::new(Vec::<bool>::new()));
+            hub.add_then("c", sink(1), || log.lock().unwrap().push(true));
+            let (h1, l1) = (hub.clone(), log.clone());
+            let leave = std::thread::spawn(move || {
+                h1.remove_then("c", 1, || l1.lock().unwrap().push(false));
+            });
+            let (h2, l2) = (hub.clone(), log.clone());
+            let join = std::thread::spawn(move || {
+                h2.add_then("c", sink(2), || l2.lock().unwrap().push(true));
+            });
+            leave.join().unwrap();
+            join.join().unwrap();
+            let subscribed_in_broker = *log.lock().unwrap().last().unwrap();
+            let has_local = hub.snapshot("c").is_some();
+            assert_eq!(subscribed_in_broker, has_local);
+        }
     }
 }

@@ -11,7 +11,7 @@ use socketcluster_protocol::RawValue;
 use tokio::sync::mpsc;
 
 use crate::broker::BrokerError;
-use crate::channel::{ExchangeSink, Publication, Removed, Subscriber};
+use crate::channel::{ExchangeSink, Publication, Subscriber};
 use crate::error::PublishError;
 use crate::server::ServerInner;
 
@@ -60,6 +60,7 @@ impl Exchange {
             .stats
             .publications
             .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::publication_in("server");
         self.inner.broker.publish(p).await?;
         Ok(())
     }
@@ -73,11 +74,16 @@ impl Exchange {
             tx,
             dropped: AtomicU64::new(0),
         });
+        let broker = &self.inner.broker;
         let first = self
             .inner
             .hub
-            .add(channel, Subscriber::Exchange(sink.clone()));
-        if first && let Err(e) = self.inner.broker.subscribe(channel).await {
+            .add_then(channel, Subscriber::Exchange(sink.clone()), || {
+                broker.subscribe(channel)
+            });
+        if let Some(fut) = first
+            && let Err(e) = fut.await
+        {
             self.inner.hub.remove(channel, sink.key);
             return Err(e);
         }
@@ -140,10 +146,16 @@ impl Stream for ExchangeSubscription {
 
 impl Drop for ExchangeSubscription {
     fn drop(&mut self) {
-        if self.inner.hub.remove(&self.channel, self.sink.key) == (Removed::Removed { last: true })
+        let broker = &self.inner.broker;
+        let (_, last) = self
+            .inner
+            .hub
+            .remove_then(&self.channel, self.sink.key, || {
+                broker.unsubscribe(&self.channel)
+            });
+        if let Some(fut) = last
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            let fut = self.inner.broker.unsubscribe(&self.channel);
             rt.spawn(async move {
                 if let Err(e) = fut.await {
                     tracing::warn!(error = %e, "broker unsubscribe failed");

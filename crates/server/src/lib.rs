@@ -83,6 +83,7 @@ mod events;
 pub mod exchange;
 mod limits;
 mod listener;
+pub mod metrics;
 pub mod middleware;
 pub mod rpc;
 mod server;

@@ -27,6 +27,7 @@ pub struct Request {
     procedure: String,
     data: Option<Box<RawValue>>,
     cid: Option<Cid>,
+    received: std::time::Instant,
 }
 
 impl std::fmt::Debug for Request {
@@ -50,6 +51,7 @@ impl Request {
             procedure,
             data,
             cid: Some(cid),
+            received: std::time::Instant::now(),
         }
     }
 
@@ -80,6 +82,8 @@ impl Request {
 
     fn send(&mut self, packet: ResponsePacket) {
         self.cid = None;
+        let outcome = if packet.is_error() { "error" } else { "ok" };
+        crate::metrics::rpc(outcome, self.received);
         self.socket.shared.send_response(packet.encode());
     }
 
@@ -133,6 +137,7 @@ impl Request {
 impl Drop for Request {
     fn drop(&mut self) {
         if self.cid.is_some() {
+            crate::metrics::rpc("unanswered", self.received);
             tracing::trace!(procedure = %self.procedure, "request dropped without an answer");
         }
     }

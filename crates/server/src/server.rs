@@ -94,6 +94,7 @@ impl ServerInner {
         self.stats
             .handshakes_completed
             .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::handshake_completed();
         self.clients
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -153,6 +154,7 @@ impl ServerInner {
         self.stats
             .connections_accepted
             .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::connection_accepted();
         self.pending.fetch_add(1, Ordering::Relaxed);
         self.live.fetch_add(1, Ordering::AcqRel);
         let task = SocketTask::new(this.clone(), shared.clone(), cmd_rx, ws, out_rx);

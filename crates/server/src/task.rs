@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::auth::{Claims, VerifyOutcome, is_bad_token, now_ms};
 use crate::broker::{BrokerError, BrokerFuture};
-use crate::channel::{Publication, Removed, Subscriber};
+use crate::channel::{Publication, Subscriber};
 use crate::config::{UnhandledProcedure, glob_match};
 use crate::error::{AuthTokenError, InvokeError, KickOutError};
 use crate::events::{AuthState, ServerEvent};
@@ -355,6 +355,7 @@ impl SocketTask {
                 .stats
                 .slow_consumer_disconnects
                 .fetch_add(1, Ordering::Relaxed);
+            crate::metrics::slow_consumer_disconnect();
             tracing::debug!(socket = %self.shared.id, "outbound queue limit exceeded; dropping socket");
             self.close_without_frame(CLOSE_POLICY_VIOLATION, "Outbound queue limit exceeded");
         }
@@ -1122,6 +1123,7 @@ impl SocketTask {
             .stats
             .publications
             .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::publication_in("client");
         let fut = self.server.broker.publish(p);
         self.broker_step(fut, move |result| Resume::Published { cid, result });
     }
@@ -1223,12 +1225,14 @@ impl SocketTask {
             let seq = view.channel_seq;
             view.channels.insert(channel.as_str().into(), seq);
         }
-        let first = self
-            .server
-            .hub
-            .add(&channel, Subscriber::Socket(self.shared.clone()));
-        if first {
-            let fut = self.server.broker.subscribe(&channel);
+        let broker = &self.server.broker;
+        let first =
+            self.server
+                .hub
+                .add_then(&channel, Subscriber::Socket(self.shared.clone()), || {
+                    broker.subscribe(&channel)
+                });
+        if let Some(fut) = first {
             self.broker_step(fut, move |result| Resume::Subscribed {
                 cid,
                 channel,
@@ -1240,6 +1244,7 @@ impl SocketTask {
     }
 
     fn subscribed(&mut self, cid: Cid, channel: String, result: Result<(), BrokerError>) {
+        crate::metrics::subscription(result.is_ok());
         match result {
             Ok(()) => {
                 self.reply_ok(cid, None);
@@ -1276,10 +1281,12 @@ impl SocketTask {
             return;
         }
         self.shared.view().channels.remove(channel.as_str());
-        let last =
-            self.server.hub.remove(&channel, self.shared.key) == Removed::Removed { last: true };
-        if last {
-            let fut = self.server.broker.unsubscribe(&channel);
+        let broker = &self.server.broker;
+        let (_, last) = self
+            .server
+            .hub
+            .remove_then(&channel, self.shared.key, || broker.unsubscribe(&channel));
+        if let Some(fut) = last {
             self.broker_step(fut, move |result| Resume::Unsubscribed {
                 cid,
                 channel,
@@ -1308,8 +1315,12 @@ impl SocketTask {
         if self.shared.view().channels.remove(channel).is_none() {
             return false;
         }
-        if self.server.hub.remove(channel, self.shared.key) == (Removed::Removed { last: true }) {
-            let fut = self.server.broker.unsubscribe(channel);
+        let broker = &self.server.broker;
+        if let (_, Some(fut)) = self
+            .server
+            .hub
+            .remove_then(channel, self.shared.key, || broker.unsubscribe(channel))
+        {
             tokio::spawn(async move {
                 if let Err(e) = fut.await {
                     tracing::warn!(error = %e, "broker unsubscribe failed");

@@ -21,6 +21,7 @@ pub(crate) fn install() -> Option<PrometheusHandle> {
                 }
             });
             describe();
+            socketcluster_server::metrics::describe();
             Some(handle)
         }
         Err(e) => {

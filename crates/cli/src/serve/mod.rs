@@ -13,7 +13,7 @@ use socketcluster_server::Limits;
 use socketcluster_server::auth::{AuthConfig, AuthKey, JwtAlgorithm};
 use socketcluster_server::{ProtocolVersion, Server, ServerConfig};
 
-use settings::{InvalidSetting, LogFormat, ServeArgs, Settings};
+use settings::{Broker, InvalidSetting, LogFormat, ServeArgs, Settings};
 
 /// Exit status for an invalid configuration.
 const EXIT_CONFIG: u8 = 2;
@@ -130,6 +130,61 @@ async fn shutdown_signal() {
     }
 }
 
+/// Connect the configured backplane: the broker for the server and a probe for
+/// `/health`.
+async fn connect_backplane(
+    broker: &Broker,
+) -> Result<
+    Option<(
+        Arc<dyn socketcluster_server::broker::Broker>,
+        http::HealthProbe,
+    )>,
+    String,
+> {
+    match broker {
+        Broker::Local => Ok(None),
+        Broker::Redis(urls) => {
+            let b = socketcluster_broker_redis::RedisBroker::connect(
+                urls,
+                socketcluster_broker_redis::RedisBrokerOptions::default(),
+            )
+            .await
+            .map_err(|e| format!("cannot connect the Redis backplane: {e}"))?;
+            let probe = b.clone();
+            let health: http::HealthProbe = Box::new(move || {
+                let h = probe.health();
+                let nodes: Vec<serde_json::Value> = h
+                    .nodes
+                    .iter()
+                    .map(|n| serde_json::json!({"address": n.address, "connected": n.connected, "channels": n.channels, "lastError": n.last_error}))
+                    .collect();
+                (
+                    h.is_connected(),
+                    serde_json::json!({"kind": "redis", "state": h.state.as_str(), "nodes": nodes}),
+                )
+            });
+            Ok(Some((Arc::new(b), health)))
+        }
+        Broker::Nats(url) => {
+            let b = socketcluster_broker_nats::NatsBroker::connect(
+                url,
+                socketcluster_broker_nats::NatsBrokerOptions::default(),
+            )
+            .await
+            .map_err(|e| format!("cannot connect the NATS backplane: {e}"))?;
+            let probe = b.clone();
+            let health: http::HealthProbe = Box::new(move || {
+                let h = probe.health();
+                (
+                    h.is_connected(),
+                    serde_json::json!({"kind": "nats", "state": h.state.as_str()}),
+                )
+            });
+            Ok(Some((Arc::new(b), health)))
+        }
+    }
+}
+
 /// Re-sign the token of every authenticated socket every `every`: the same claims with
 /// a fresh `iat`/`exp`, so a connected socket never expires while a leaked token still
 /// dies after `auth-default-expiry`.
@@ -186,7 +241,15 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let max_body = config.limits.max_payload;
     let metrics = metrics::install();
-    let server = match Server::new(config) {
+    let (server, backplane) = match connect_backplane(&settings.broker).await {
+        Ok(Some((broker, probe))) => (Server::with_broker(config, broker), Some(probe)),
+        Ok(None) => (Server::new(config), None),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let server = match server {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cannot start the server: {e}");
@@ -209,7 +272,7 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
         metrics,
         shutting_down: std::sync::atomic::AtomicBool::new(false),
         max_body,
-        backplane: None,
+        backplane,
     });
     let stop = tokio_util::sync::CancellationToken::new();
     let accept = tokio::spawn(http::accept_loop(
@@ -235,6 +298,7 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
             %addr,
             url = %format!("{scheme}://{addr}{}", settings.path),
             http_api = settings.http_api_key.is_some(),
+            broker = %match &settings.broker { Broker::Local => "local", Broker::Redis(_) => "redis", Broker::Nats(_) => "nats" },
             "listening"
         );
     }

@@ -95,6 +95,11 @@ pub(crate) struct ServeArgs {
     /// Timeout in ms of server -> client invokes. Default 10000.
     #[arg(long, env = "SOCKETCLUSTER_ACK_TIMEOUT")]
     ack_timeout: Option<u64>,
+    /// Pub/sub backplane shared by several instances: `local` (in-process, default),
+    /// `redis://HOST:PORT[,redis://HOST:PORT...]` (independent nodes, or a Redis Cluster
+    /// with sharded pub/sub) or `nats://HOST:PORT[,...]`.
+    #[arg(long, env = "SOCKETCLUSTER_BROKER")]
+    broker: Option<String>,
 }
 
 /// The same settings as they appear in the TOML file (and in `--print-config`).
@@ -147,6 +152,8 @@ pub(crate) struct FileSettings {
     pub(crate) handshake_timeout: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) ack_timeout: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) broker: Option<String>,
 }
 
 /// Log output format.
@@ -183,6 +190,56 @@ pub(crate) struct Settings {
     pub(crate) socket_channel_limit: usize,
     pub(crate) handshake_timeout: u64,
     pub(crate) ack_timeout: u64,
+    pub(crate) broker: Broker,
+}
+
+/// The pub/sub backplane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Broker {
+    /// In-process (the default).
+    Local,
+    /// Redis nodes or a Redis Cluster (`redis://` / `rediss://` URLs).
+    Redis(Vec<String>),
+    /// A NATS server or cluster (`nats://` URLs, comma-separated).
+    Nats(String),
+}
+
+impl Broker {
+    fn parse(text: &str) -> Result<Broker, InvalidSetting> {
+        let t = text.trim();
+        if t.is_empty() || t == "local" {
+            return Ok(Broker::Local);
+        }
+        let urls: Vec<String> = t
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        let all = |prefixes: &[&str]| {
+            urls.iter()
+                .all(|u| prefixes.iter().any(|p| u.starts_with(p)))
+        };
+        if all(&["redis://", "rediss://"]) {
+            Ok(Broker::Redis(urls))
+        } else if all(&["nats://", "tls://"]) {
+            Ok(Broker::Nats(urls.join(",")))
+        } else {
+            Err(invalid(
+                "broker",
+                format!(
+                    "must be `local`, redis://HOST:PORT[,...] or nats://HOST:PORT[,...], got {text:?}"
+                ),
+            ))
+        }
+    }
+
+    fn as_setting(&self) -> String {
+        match self {
+            Broker::Local => "local".into(),
+            Broker::Redis(urls) => urls.join(","),
+            Broker::Nats(url) => url.clone(),
+        }
+    }
 }
 
 /// An invalid setting: the message names it. `serve` exits with status 2.
@@ -310,6 +367,12 @@ impl ServeArgs {
                 .or(file.handshake_timeout)
                 .unwrap_or(10_000),
             ack_timeout: a.ack_timeout.or(file.ack_timeout).unwrap_or(10_000),
+            broker: Broker::parse(
+                a.broker
+                    .as_deref()
+                    .or(file.broker.as_deref())
+                    .unwrap_or("local"),
+            )?,
         };
         s.validate()?;
         Ok(s)
@@ -461,6 +524,7 @@ impl Settings {
             socket_channel_limit: Some(self.socket_channel_limit),
             handshake_timeout: Some(self.handshake_timeout),
             ack_timeout: Some(self.ack_timeout),
+            broker: Some(self.broker.as_setting()),
         };
         toml::to_string(&f).unwrap_or_default()
     }
@@ -497,6 +561,22 @@ mod tests {
         assert_eq!(s.auth_algorithm, "HS256");
         assert_eq!(s.auth_default_expiry, 86_400);
         assert!(!s.no_client_publish);
+        assert_eq!(s.broker, Broker::Local);
+    }
+
+    #[test]
+    fn broker_urls_parse() {
+        let s = args(&["--broker", "redis://a:1,redis://b:2"])
+            .resolve(FileSettings::default())
+            .unwrap();
+        assert_eq!(
+            s.broker,
+            Broker::Redis(vec!["redis://a:1".into(), "redis://b:2".into()])
+        );
+        let s = args(&["--broker", "nats://n:4222"])
+            .resolve(FileSettings::default())
+            .unwrap();
+        assert_eq!(s.broker, Broker::Nats("nats://n:4222".into()));
     }
 
     #[test]
@@ -526,6 +606,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.setting, "auth-algorithm");
         assert!(toml::from_str::<FileSettings>("bogus = 1").is_err());
+        let e = args(&["--broker", "kafka://x:1"])
+            .resolve(FileSettings::default())
+            .unwrap_err();
+        assert_eq!(e.setting, "broker");
     }
 
     #[test]
