@@ -6,44 +6,17 @@ use std::time::Duration;
 
 use sc_test_support::{JsServer, JsServerOptions, event_named, free_port};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_socketcluster");
+mod common;
+
+use common::BIN;
+
 const KEY: &str = "testkey";
 
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn run(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("spawn socketcluster");
-    if let Some(input) = stdin {
-        let mut si = child.stdin.take().unwrap();
-        si.write_all(input.as_bytes()).await.unwrap();
-        drop(si);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("command finished within 60 s")
-        .expect("command ran");
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+async fn run(args: &[&str], stdin: Option<&str>) -> common::Output {
+    common::run_cli(args, stdin).await
 }
 
 async fn js_server(private: bool) -> JsServer {

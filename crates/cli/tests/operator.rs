@@ -2,7 +2,6 @@
 //! /health, /metrics, TLS, token renewal and graceful shutdown, with the real JS client
 //! and our client.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,105 +9,14 @@ use futures_util::StreamExt;
 use sc_test_support::{JsClient, free_port};
 use serde_json::{Value, json};
 use socketcluster_client::{Client, Event, MemoryTokenStore};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_socketcluster");
+mod common;
+
+use common::{BIN, Serve, http};
+
 const API_KEY: &str = "operator-key";
 const AUTH_KEY: &str = "auth-key";
-
-struct Serve {
-    child: Child,
-    port: u16,
-}
-
-impl Serve {
-    async fn start(args: &[&str]) -> Serve {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--host", "127.0.0.1"])
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn serve");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let port = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(i) = line.find("addr=127.0.0.1:") {
-                    let rest = &line[i + 15..];
-                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    return digits.parse::<u16>().unwrap();
-                }
-            }
-            panic!("serve exited before listening");
-        })
-        .await
-        .expect("listening within 30 s");
-        // keep draining stderr so the server never blocks on a full pipe
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Serve { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/socketcluster/", self.port)
-    }
-
-    async fn terminate(&mut self) {
-        let pid = self.child.id().unwrap().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .expect("exits after SIGTERM")
-            .unwrap();
-        assert!(status.success(), "{status}");
-    }
-}
-
-/// A minimal HTTP/1.1 client for loopback tests: (status, body).
-async fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    key: Option<&str>,
-    body: Option<&str>,
-) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    if let Some(k) = key {
-        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
-    }
-    let body = body.unwrap_or("");
-    req.push_str(&format!(
-        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    ));
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
-        .await
-        .expect("response within 20 s")
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
 
 async fn api(port: u16, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let b = body.map(|b| b.to_string());

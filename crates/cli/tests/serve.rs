@@ -1,92 +1,25 @@
 //! `socketcluster serve` end to end, from the built binary, with the real JS client
 //! (interop/client.js, socketcluster-client 20.0.2 and 14.3.2) and our CLI.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use sc_test_support::run_js_client;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_socketcluster");
+mod common;
 
-/// A running `socketcluster serve`; killed on drop.
-struct Serve {
-    child: Child,
-    port: u16,
-    stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
-
-impl Serve {
-    async fn start(args: &[&str]) -> Serve {
-        Self::start_with_env(args, &[]).await
-    }
-
-    async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Serve {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(args)
-            .envs(env.iter().copied())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn serve");
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(l)) = lines.next_line().await {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let port = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = rx.recv().await {
-                if let Some(i) = line.find("addr=127.0.0.1:") {
-                    let rest = &line[i + "addr=127.0.0.1:".len()..];
-                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    return digits.parse::<u16>().expect("port");
-                }
-            }
-            panic!("serve exited before listening");
-        })
-        .await
-        .expect("serve listens within 30 s");
-        Serve {
-            child,
-            port,
-            stderr: rx,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/socketcluster/", self.port)
-    }
-}
+use common::{BIN, Serve};
 
 async fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        Command::new(BIN).args(args).stdin(Stdio::null()).output(),
-    )
-    .await
-    .expect("finished")
-    .expect("ran");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = common::run_cli(args, None).await;
+    (out.code, out.stdout, out.stderr)
 }
 
 #[tokio::test]
 async fn js_client_pub_sub_through_serve_keeps_exact_payloads() {
     // SV-43 (subscribe then publish), CL-23 (order), PROTOCOL.md 2.1/2.2 payloads.
-    let serve = Serve::start(&["--auth-key", "k"]).await;
+    let serve = Serve::start(&["--port", "0", "--auth-key", "k"]).await;
     let payloads = json!([
         "héllo \u{2028} wörld 🎉",
         {"nested": {"a": [1, 2.5, -3, null, true, {"b": "c"}]}},
@@ -112,6 +45,8 @@ async fn js_client_pub_sub_through_serve_keeps_exact_payloads() {
 async fn v14_js_client_works_with_protocol_version_1() {
     // PROTOCOL.md 1.4 / 11.7: v14 client, version 1 heartbeat, pub/sub and RPC-free flow.
     let serve = Serve::start(&[
+        "--port",
+        "0",
         "--protocol-version",
         "1",
         "--ping-interval",
@@ -150,7 +85,15 @@ async fn v14_js_client_works_with_protocol_version_1() {
 async fn auth_channels_need_an_authenticated_socket() {
     // --auth-channels: unauthenticated subscribe fails (subscribeFail with the error name),
     // a token signed by `socketcluster token` with the same key is accepted (CL-5).
-    let serve = Serve::start(&["--auth-key", "secret", "--auth-channels", "private/*"]).await;
+    let serve = Serve::start(&[
+        "--port",
+        "0",
+        "--auth-key",
+        "secret",
+        "--auth-channels",
+        "private/*",
+    ])
+    .await;
     let run = run_js_client(json!({
         "url": serve.url(),
         "steps": [
@@ -190,7 +133,7 @@ async fn auth_channels_need_an_authenticated_socket() {
 
 #[tokio::test]
 async fn no_client_publish_refuses_client_publications() {
-    let serve = Serve::start(&["--no-client-publish"]).await;
+    let serve = Serve::start(&["--port", "0", "--no-client-publish"]).await;
     let (code, _, err) = run_cli(&["publish", "--url", &serve.url(), "ch", "1"]).await;
     assert_eq!(code, 1);
     assert!(
@@ -267,7 +210,7 @@ async fn invalid_configuration_exits_2_naming_the_setting() {
 
 #[tokio::test]
 async fn sigterm_shuts_down_gracefully() {
-    let mut serve = Serve::start(&[]).await;
+    let mut serve = Serve::start(&["--port", "0"]).await;
     let pid = serve.child.id().expect("pid");
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -292,7 +235,7 @@ async fn sigterm_shuts_down_gracefully() {
 #[tokio::test]
 async fn payload_text_passes_through_unchanged_between_rust_clients() {
     // The server never re-encodes a payload: integers beyond 2^53 keep every digit.
-    let serve = Serve::start(&[]).await;
+    let serve = Serve::start(&["--port", "0"]).await;
     let url = serve.url();
     let sub = tokio::spawn({
         let url = url.clone();
