@@ -107,25 +107,40 @@ fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
     }
 }
 
-/// Wait for SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// SIGINT/SIGTERM, registered as soon as this is created (before the server announces
+/// that it listens, so a supervisor's early SIGTERM is never fatal).
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignal {
+    fn install() -> ShutdownSignal {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            ShutdownSignal {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            ShutdownSignal {}
+        }
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        if let (Some(term), Some(int)) = (self.term.as_mut(), self.int.as_mut()) {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }
@@ -238,6 +253,7 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
         }
     };
     init_logging(verbose, quiet, settings.log_format);
+    let shutdown = ShutdownSignal::install();
     let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let max_body = config.limits.max_payload;
     let metrics = metrics::install();
@@ -302,7 +318,7 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
             "listening"
         );
     }
-    shutdown_signal().await;
+    shutdown.recv().await;
     tracing::info!("shutting down: closing every socket with 1001 (clients reconnect)");
     // While draining, /health answers 503 and new WebSocket connections are refused
     // with 503, so a load balancer moves traffic away; then the listener stops.
