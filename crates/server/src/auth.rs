@@ -291,6 +291,23 @@ impl SignOptions {
     }
 }
 
+/// Options of [`crate::Socket::deauthenticate_with`] (JS `socket.deauthenticate(options)`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeauthenticateOptions {
+    /// Send `#removeAuthToken` as an invoke and fail if the client does not acknowledge
+    /// it (JS `rejectOnFailedDelivery`). Default false (a transmit, never fails).
+    pub reject_on_failed_delivery: bool,
+}
+
+impl DeauthenticateOptions {
+    /// Set `reject_on_failed_delivery`.
+    pub fn reject_on_failed_delivery(mut self, yes: bool) -> Self {
+        self.reject_on_failed_delivery = yes;
+        self
+    }
+}
+
 /// Why signing failed (the JS server then closes the socket with 4002).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]

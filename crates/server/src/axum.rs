@@ -44,6 +44,7 @@ pub fn route<S: Clone + Send + Sync + 'static>(server: Server) -> MethodRouter<S
 }
 
 fn reject(r: HttpReject) -> Response {
+    tracing::info!(status = r.status, "handshake rejected");
     let mut b = Response::builder()
         .status(r.status)
         .header("Connection", "close")

@@ -88,6 +88,17 @@ pub struct ServerConfig {
     /// Capacity of the [`crate::Server::events`] broadcast buffer (slow event consumers
     /// miss events beyond it). Default 1024.
     pub event_buffer: usize,
+    /// Batch every socket's outbound packets right after its handshake reply (which
+    /// itself is never batched) for [`ServerConfig::batch_on_handshake_duration`]
+    /// (JS `batchOnHandshake`, PROTOCOL.md 8.5). Default false.
+    pub batch_on_handshake: bool,
+    /// How long the `batch_on_handshake` window lasts, unless the application called
+    /// [`crate::Socket::start_batching`] meanwhile (JS `batchOnHandshakeDuration`).
+    /// Default 400 ms.
+    pub batch_on_handshake_duration: Duration,
+    /// Flush period of a batching socket: every interval the buffered packets go out as
+    /// one JSON array frame, nothing when none (JS `batchInterval`). Default 50 ms.
+    pub batch_interval: Duration,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -112,6 +123,13 @@ impl fmt::Debug for ServerConfig {
             .field("limits", &self.limits)
             .field("unhandled_procedure", &self.unhandled_procedure)
             .field("token_expiry_timer", &self.token_expiry_timer)
+            .field("event_buffer", &self.event_buffer)
+            .field("batch_on_handshake", &self.batch_on_handshake)
+            .field(
+                "batch_on_handshake_duration",
+                &self.batch_on_handshake_duration,
+            )
+            .field("batch_interval", &self.batch_interval)
             .finish()
     }
 }
@@ -139,6 +157,9 @@ impl Default for ServerConfig {
             unhandled_procedure: UnhandledProcedure::NoReply,
             token_expiry_timer: true,
             event_buffer: 1024,
+            batch_on_handshake: false,
+            batch_on_handshake_duration: Duration::from_millis(400),
+            batch_interval: Duration::from_millis(50),
         }
     }
 }
@@ -186,6 +207,12 @@ impl ServerConfig {
         with_unhandled_procedure, unhandled_procedure: UnhandledProcedure);
     setter!(/// Set `token_expiry_timer`.
         with_token_expiry_timer, token_expiry_timer: bool);
+    setter!(/// Set `batch_on_handshake`.
+        with_batch_on_handshake, batch_on_handshake: bool);
+    setter!(/// Set `batch_on_handshake_duration`.
+        with_batch_on_handshake_duration, batch_on_handshake_duration: Duration);
+    setter!(/// Set `batch_interval`.
+        with_batch_interval, batch_interval: Duration);
 
     /// Set `host`.
     pub fn with_host(mut self, host: impl Into<String>) -> Self {

@@ -72,6 +72,15 @@
 //! * With a PEM key pair and no algorithm, the algorithm is inferred from the key.
 //! * Limits the JS server does not have: see [`Limits`].
 //! * Handshake-middleware `statusCode`s outside 4000-4999 are replaced by 4008.
+//! * Closing a socket with a close frame while it is batching (PROTOCOL.md 8.5) first
+//!   flushes the buffered packets; the JS server discards them.
+//! * `inboundRaw` middleware ([`Server::add_inbound_raw_middleware`]) sees a binary
+//!   frame as lossy UTF-8 text ([`InboundRawAction::is_binary`] tells), not a buffer.
+//! * Operator logging: one `tracing` info line per connection lifecycle event
+//!   (`connection accepted`, `handshake completed`, `handshake rejected`,
+//!   `authenticated`, `deauthenticated`, `kicked out`, `slow consumer dropped`,
+//!   `connection closed`) with the socket id and stable fields; tokens, claims and
+//!   payloads are never logged at any level.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -102,7 +111,7 @@ pub use error::{
 pub use events::{AuthState, ServerEvent, ServerEvents, StatsSnapshot};
 pub use exchange::{Exchange, ExchangeSubscription};
 pub use limits::{CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, Limits, RateLimit};
-pub use middleware::{Block, HandshakeRequest, InboundAction, InboundKind};
+pub use middleware::{Block, HandshakeRequest, InboundAction, InboundKind, InboundRawAction};
 pub use rpc::{ReceivedEvent, Request};
 pub use server::{ChannelInfo, Server, SocketInfo};
 pub use socket::{CloseInfo, Socket, SocketState};

@@ -301,6 +301,7 @@ fn parse_request(head: &[u8], addr: Option<SocketAddr>, secure: bool) -> Option<
 
 async fn reject(io: &mut Box<dyn Io>, inner: &ServerInner, r: HttpReject) {
     inner.stats.http_rejections.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(status = r.status, "handshake rejected");
     let _ = io.write_all(r.encode().as_bytes()).await;
     let _ = io.flush().await;
     let _ = io.shutdown().await;

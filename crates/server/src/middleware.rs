@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | [`HandshakeWsMiddleware`] | HTTP upgrade request | HTTP 401, body = error message |
 //! | [`HandshakeMiddleware`] | `#handshake` | error reply with `statusCode` (default 4008), then close with that code |
+//! | [`InboundRawMiddleware`] | every inbound message, as received (handshake, pongs, batches included) | message dropped silently (an invoke is never answered) |
 //! | [`InboundMiddleware`] | transmit / invoke / subscribe / publishIn / authenticate | invoke, subscribe, invoked publish: error reply; transmit: dropped; authenticate: soft failure (`authError`) or, with `isBadToken`, error reply + `#removeAuthToken` |
 //! | [`OutboundMiddleware`] | publishOut (per recipient) | that recipient does not get the publication |
 //!
@@ -338,6 +339,73 @@ where
     }
 }
 
+/// One inbound WebSocket message before it is decoded (JS `inboundRaw` middleware,
+/// action type `message`): every message, including the `#handshake`, pongs and
+/// whole batches.
+#[derive(Clone, Debug)]
+pub struct InboundRawAction {
+    pub(crate) socket: Socket,
+    pub(crate) message: String,
+    pub(crate) binary: bool,
+}
+
+impl InboundRawAction {
+    /// The socket.
+    pub fn socket(&self) -> &Socket {
+        &self.socket
+    }
+    /// The message text (a binary frame's bytes are decoded as lossy UTF-8, the way the
+    /// server decodes them).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    /// Whether the message arrived as a binary frame.
+    pub fn is_binary(&self) -> bool {
+        self.binary
+    }
+    /// Replace the message for the rest of the pipeline (JS `allow({data})`): the
+    /// replacement is then decoded instead (as a text message).
+    pub fn set_message(&mut self, message: impl Into<String>) {
+        self.message = message.into();
+        self.binary = false;
+    }
+}
+
+/// Inbound raw middleware (PROTOCOL.md 9.2 `inboundRaw`). A block drops the message
+/// silently (no reply even for an invoke; the error is emitted as a warning).
+///
+/// ```
+/// use socketcluster_server::middleware::InboundRawAction;
+/// use socketcluster_server::Block;
+/// # let server = socketcluster_server::Server::new(Default::default()).unwrap();
+/// server.add_inbound_raw_middleware(|action: InboundRawAction| async move {
+///     if action.message().len() > 10_000 {
+///         return Err(Block::Silent);
+///     }
+///     Ok(action)
+/// });
+/// ```
+pub trait InboundRawMiddleware: Send + Sync + 'static {
+    /// Return the (possibly replaced) message to process it, or a [`Block`] to drop it.
+    fn inbound_raw(
+        &self,
+        action: InboundRawAction,
+    ) -> MiddlewareFuture<Result<InboundRawAction, Block>>;
+}
+
+impl<F, Fut> InboundRawMiddleware for F
+where
+    F: Fn(InboundRawAction) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<InboundRawAction, Block>> + Send + 'static,
+{
+    fn inbound_raw(
+        &self,
+        action: InboundRawAction,
+    ) -> MiddlewareFuture<Result<InboundRawAction, Block>> {
+        Box::pin(self(action))
+    }
+}
+
 /// A publication about to be sent to one socket (JS `publishOut`).
 #[derive(Clone, Debug)]
 pub struct PublishOutAction {
@@ -400,6 +468,7 @@ where
 pub(crate) struct Middlewares {
     pub(crate) handshake_ws: std::sync::RwLock<Arc<[Arc<dyn HandshakeWsMiddleware>]>>,
     pub(crate) handshake: std::sync::RwLock<Arc<[Arc<dyn HandshakeMiddleware>]>>,
+    pub(crate) inbound_raw: std::sync::RwLock<Arc<[Arc<dyn InboundRawMiddleware>]>>,
     pub(crate) inbound: std::sync::RwLock<Arc<[Arc<dyn InboundMiddleware>]>>,
     pub(crate) outbound: std::sync::RwLock<Arc<[Arc<dyn OutboundMiddleware>]>>,
 }
@@ -421,6 +490,16 @@ pub(crate) async fn run_inbound(
 ) -> Result<InboundAction, Block> {
     for m in chain.iter() {
         action = m.inbound(action).await?;
+    }
+    Ok(action)
+}
+
+pub(crate) async fn run_inbound_raw(
+    chain: Arc<[Arc<dyn InboundRawMiddleware>]>,
+    mut action: InboundRawAction,
+) -> Result<InboundRawAction, Block> {
+    for m in chain.iter() {
+        action = m.inbound_raw(action).await?;
     }
     Ok(action)
 }

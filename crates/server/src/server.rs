@@ -28,8 +28,8 @@ use crate::error::{ConfigError, ServerError};
 use crate::events::{ServerEvent, ServerEvents, Stats, StatsSnapshot};
 use crate::exchange::Exchange;
 use crate::middleware::{
-    HandshakeMiddleware, HandshakeRequest, HandshakeWsMiddleware, InboundMiddleware, Middlewares,
-    OutboundMiddleware, push,
+    HandshakeMiddleware, HandshakeRequest, HandshakeWsMiddleware, InboundMiddleware,
+    InboundRawMiddleware, Middlewares, OutboundMiddleware, push,
 };
 use crate::rpc::{
     EventStream, Handlers, ProcedureHandler, ReceiverHandler, RequestStream, STREAM_CAPACITY,
@@ -150,11 +150,18 @@ impl ServerInner {
             closed,
             ack_timeout: self.config.ack_timeout,
             server: Arc::downgrade(&this),
+            app_batching: std::sync::atomic::AtomicBool::new(false),
         });
         self.stats
             .connections_accepted
             .fetch_add(1, Ordering::Relaxed);
         crate::metrics::connection_accepted();
+        match shared.request.remote_addr {
+            Some(remote) => {
+                tracing::info!(socket = %shared.id, %remote, "connection accepted");
+            }
+            None => tracing::info!(socket = %shared.id, "connection accepted"),
+        }
         self.pending.fetch_add(1, Ordering::Relaxed);
         self.live.fetch_add(1, Ordering::AcqRel);
         let task = SocketTask::new(this.clone(), shared.clone(), cmd_rx, ws, out_rx);
@@ -224,6 +231,9 @@ impl Server {
             return Err(
                 ConfigError::Invalid("ping interval and timeout must be > 0".into()).into(),
             );
+        }
+        if config.batch_interval.is_zero() {
+            return Err(ConfigError::Invalid("batch interval must be > 0".into()).into());
         }
         let auth = AuthEngine::new(&config.auth)?;
         let limits = &config.limits;
@@ -429,6 +439,13 @@ impl Server {
     /// Add inbound middleware (transmit, invoke, subscribe, publishIn, authenticate).
     pub fn add_inbound_middleware<M: InboundMiddleware>(&self, m: M) {
         push(&self.inner.middleware.inbound, Arc::new(m));
+    }
+
+    /// Add inbound raw middleware (JS `inboundRaw`): sees every inbound message as
+    /// received, before decoding, and may drop or replace it
+    /// ([`crate::middleware::InboundRawMiddleware`]).
+    pub fn add_inbound_raw_middleware<M: InboundRawMiddleware>(&self, m: M) {
+        push(&self.inner.middleware.inbound_raw, Arc::new(m));
     }
 
     /// Add outbound middleware (publishOut). Applies to sockets that complete their

@@ -14,7 +14,7 @@ use socketcluster_protocol::RawValue;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::auth::{Claims, SignOptions};
+use crate::auth::{Claims, DeauthenticateOptions, SignOptions};
 use crate::channel::Publication;
 use crate::error::{AuthTokenError, InvokeError, KickOutError, SendError};
 use crate::middleware::HandshakeRequest;
@@ -55,6 +55,11 @@ pub(crate) struct Outbox {
     limit: usize,
     overflowed: AtomicBool,
     pub(crate) alarm: Notify,
+    /// Packets are being buffered into `batch` (PROTOCOL.md 8.5; JS `isBufferingBatch`).
+    buffering: AtomicBool,
+    /// Buffered packet texts (their queue space is already reserved). The lock also
+    /// orders direct sends against flushes while buffering is being switched.
+    batch: Mutex<Vec<Utf8Bytes>>,
 }
 
 impl Outbox {
@@ -67,6 +72,8 @@ impl Outbox {
                 limit,
                 overflowed: AtomicBool::new(false),
                 alarm: Notify::new(),
+                buffering: AtomicBool::new(false),
+                batch: Mutex::new(Vec::new()),
             },
             rx,
         )
@@ -93,8 +100,32 @@ impl Outbox {
         self.queued.fetch_sub(cost, Ordering::Relaxed);
     }
 
-    /// Queue a text frame.
+    /// Queue an encoded packet: appended to the batch while buffering, else sent as
+    /// its own frame.
     pub(crate) fn push(&self, text: Utf8Bytes) -> bool {
+        if !self.buffering.load(Ordering::Acquire) {
+            return self.push_unbatched(text);
+        }
+        let cost = text.len() + FRAME_OVERHEAD;
+        if !self.reserve(cost) {
+            return false;
+        }
+        let mut batch = self.lock_batch();
+        if self.buffering.load(Ordering::Acquire) {
+            batch.push(text);
+            return true;
+        }
+        // Buffering stopped meanwhile: send directly, still under the lock so the
+        // frame follows the flushed batch.
+        if self.tx.send(Out::Text(text)).is_err() {
+            self.release(cost);
+            return false;
+        }
+        true
+    }
+
+    /// Queue a text frame that is never batched (pings, the handshake reply).
+    pub(crate) fn push_unbatched(&self, text: Utf8Bytes) -> bool {
         let cost = text.len() + FRAME_OVERHEAD;
         if !self.reserve(cost) {
             return false;
@@ -106,9 +137,68 @@ impl Outbox {
         true
     }
 
-    /// Queue a close frame (not subject to the limit).
+    /// Queue a close frame (not subject to the limit). Buffered packets are flushed
+    /// first (the JS server discards them; see the crate docs).
     pub(crate) fn push_close(&self, code: u16, reason: &str) {
+        self.flush_batch(false);
         let _ = self.tx.send(Out::Close(code, reason.to_owned()));
+    }
+
+    fn lock_batch(&self) -> std::sync::MutexGuard<'_, Vec<Utf8Bytes>> {
+        self.batch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start buffering packets (JS `startBatch`). Idempotent.
+    pub(crate) fn start_buffering(&self) {
+        let _batch = self.lock_batch();
+        self.buffering.store(true, Ordering::Release);
+    }
+
+    /// Whether packets are currently buffered.
+    pub(crate) fn is_buffering(&self) -> bool {
+        self.buffering.load(Ordering::Acquire)
+    }
+
+    /// Send the buffered packets as one JSON array frame (nothing when empty) and keep
+    /// buffering or stop (JS `flushBatch`).
+    pub(crate) fn flush_batch(&self, keep_buffering: bool) {
+        let mut batch = self.lock_batch();
+        let items = std::mem::take(&mut *batch);
+        if !items.is_empty() {
+            let reserved: usize = items.iter().map(|t| t.len() + FRAME_OVERHEAD).sum();
+            let mut frame = String::with_capacity(reserved);
+            frame.push('[');
+            for (i, t) in items.iter().enumerate() {
+                if i > 0 {
+                    frame.push(',');
+                }
+                frame.push_str(t.as_str());
+            }
+            frame.push(']');
+            // Trade the items' reservations for the frame's (never refused: the
+            // content was already admitted).
+            let cost = frame.len() + FRAME_OVERHEAD;
+            if cost > reserved {
+                self.queued.fetch_add(cost - reserved, Ordering::Relaxed);
+            } else {
+                self.release(reserved - cost);
+            }
+            if self.tx.send(Out::Text(Utf8Bytes::from(frame))).is_err() {
+                self.release(cost);
+            }
+        }
+        if !keep_buffering {
+            self.buffering.store(false, Ordering::Release);
+        }
+    }
+
+    /// Drop the buffered packets and stop buffering (JS `cancelBatch`).
+    pub(crate) fn cancel_batch(&self) {
+        let mut batch = self.lock_batch();
+        let dropped: usize = batch.iter().map(|t| t.len() + FRAME_OVERHEAD).sum();
+        batch.clear();
+        self.release(dropped);
+        self.buffering.store(false, Ordering::Release);
     }
 
     pub(crate) fn is_overflowed(&self) -> bool {
@@ -164,8 +254,12 @@ pub(crate) enum Cmd {
     },
     Deauthenticate {
         notify: bool,
+        /// Invoke `#removeAuthToken` and report the client's acknowledgement here.
+        ack: Option<oneshot::Sender<Result<Option<Box<RawValue>>, InvokeError>>>,
         reply: oneshot::Sender<()>,
     },
+    /// Run (`true`) or stop the periodic batch flush timer.
+    BatchTimer(bool),
     KickOut {
         channel: Option<String>,
         message: Option<Box<RawValue>>,
@@ -190,6 +284,9 @@ pub(crate) struct SocketShared {
     pub(crate) closed: watch::Sender<Option<CloseInfo>>,
     pub(crate) ack_timeout: Duration,
     pub(crate) server: std::sync::Weak<ServerInner>,
+    /// The application started batching (JS `isBatching`): the handshake batching
+    /// window does not stop it.
+    pub(crate) app_batching: AtomicBool,
 }
 
 impl SocketShared {
@@ -438,13 +535,69 @@ impl Socket {
 
     /// Remove the socket's authentication and tell the client (`#removeAuthToken`).
     pub async fn deauthenticate(&self) {
+        let _ = self
+            .deauthenticate_with(DeauthenticateOptions::default())
+            .await;
+    }
+
+    /// Remove the socket's authentication and tell the client (JS
+    /// `socket.deauthenticate(options)`). With
+    /// [`DeauthenticateOptions::reject_on_failed_delivery`] `#removeAuthToken` is
+    /// invoked and the client's acknowledgement awaited: a closed socket gives
+    /// `BadConnectionError` ([`InvokeError::BadConnection`]), a silent client
+    /// `TimeoutError` after the server `ack_timeout`; failures are also emitted as
+    /// [`crate::ServerEvent::Warning`]. Without it, this never fails.
+    ///
+    /// ```no_run
+    /// # async fn demo(socket: socketcluster_server::Socket) {
+    /// use socketcluster_server::auth::DeauthenticateOptions;
+    /// let confirmed = socket
+    ///     .deauthenticate_with(DeauthenticateOptions::default().reject_on_failed_delivery(true))
+    ///     .await;
+    /// # let _ = confirmed; }
+    /// ```
+    pub async fn deauthenticate_with(
+        &self,
+        options: DeauthenticateOptions,
+    ) -> Result<(), InvokeError> {
+        const EVENT: &str = socketcluster_protocol::events::REMOVE_AUTH_TOKEN;
         let (tx, rx) = oneshot::channel();
-        if self.cmd(Cmd::Deauthenticate {
+        let (ack_tx, ack_rx) = if options.reject_on_failed_delivery {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        let sent = self.cmd(Cmd::Deauthenticate {
             notify: true,
+            ack: ack_tx,
             reply: tx,
-        }) {
+        });
+        if sent {
             let _ = rx.await;
         }
+        let Some(ack_rx) = ack_rx else {
+            return Ok(());
+        };
+        let result = if !sent {
+            Err(InvokeError::BadConnection(EVENT.to_owned()))
+        } else {
+            match tokio::time::timeout(self.shared.ack_timeout, ack_rx).await {
+                Ok(Ok(Ok(_))) => Ok(()),
+                Ok(Ok(Err(e))) => Err(e),
+                Ok(Err(_)) => Err(InvokeError::BadConnection(EVENT.to_owned())),
+                Err(_) => Err(InvokeError::Timeout(EVENT.to_owned())),
+            }
+        };
+        if let Err(e) = &result
+            && let Some(server) = self.shared.server.upgrade()
+        {
+            server.emit(crate::events::ServerEvent::Warning {
+                socket: Some(self.clone()),
+                error: socketcluster_protocol::ErrorObject::new(e.name(), e.to_string()),
+            });
+        }
+        result
     }
 
     /// Remove the socket's authentication without telling the client (JS
@@ -453,10 +606,46 @@ impl Socket {
         let (tx, rx) = oneshot::channel();
         if self.cmd(Cmd::Deauthenticate {
             notify: false,
+            ack: None,
             reply: tx,
         }) {
             let _ = rx.await;
         }
+    }
+
+    /// Buffer every packet sent to this socket and flush them as one JSON array frame
+    /// every [`crate::ServerConfig::batch_interval`] (JS `socket.startBatching()`,
+    /// PROTOCOL.md 8.5). Responses, events, invokes and publications are batched;
+    /// pings never are. Stays on until [`Socket::stop_batching`] or
+    /// [`Socket::cancel_batching`] (a `batch_on_handshake` window ending does not
+    /// stop it).
+    pub fn start_batching(&self) {
+        if self.state() == SocketState::Closed {
+            return;
+        }
+        self.shared.app_batching.store(true, Ordering::Release);
+        self.shared.outbox.start_buffering();
+        self.cmd(Cmd::BatchTimer(true));
+    }
+
+    /// Flush the buffered packets and stop batching (JS `socket.stopBatching()`).
+    pub fn stop_batching(&self) {
+        self.shared.app_batching.store(false, Ordering::Release);
+        self.shared.outbox.flush_batch(false);
+        self.cmd(Cmd::BatchTimer(false));
+    }
+
+    /// Discard the buffered packets and stop batching (JS `socket.cancelBatching()`).
+    pub fn cancel_batching(&self) {
+        self.shared.app_batching.store(false, Ordering::Release);
+        self.shared.outbox.cancel_batch();
+        self.cmd(Cmd::BatchTimer(false));
+    }
+
+    /// Whether outbound packets are currently being buffered (explicit batching or the
+    /// `batch_on_handshake` window).
+    pub fn is_batching(&self) -> bool {
+        self.shared.outbox.is_buffering()
     }
 
     /// Kick the socket out of a channel (or of every channel when `None`): sends

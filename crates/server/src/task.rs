@@ -41,8 +41,8 @@ use crate::error::{AuthTokenError, InvokeError, KickOutError};
 use crate::events::{AuthState, ServerEvent};
 use crate::limits::{Bucket, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION};
 use crate::middleware::{
-    Block, HandshakeAction, InboundAction, InboundKind, PublishOutAction, run_handshake,
-    run_inbound, run_outbound, snapshot,
+    Block, HandshakeAction, InboundAction, InboundKind, InboundRawAction, PublishOutAction,
+    run_handshake, run_inbound, run_inbound_raw, run_outbound, snapshot,
 };
 use crate::rpc::{ReceivedEvent, Request};
 use crate::server::{Io, ServerInner};
@@ -110,6 +110,9 @@ enum Resume {
     App {
         cid: Option<Cid>,
         result: Result<InboundAction, Block>,
+    },
+    Raw {
+        result: Result<InboundRawAction, Block>,
     },
 }
 
@@ -260,6 +263,12 @@ pub(crate) struct SocketTask {
     bucket: Option<Bucket>,
     throttled: bool,
     throttle: Pin<Box<Sleep>>,
+    /// The periodic batch flush runs (PROTOCOL.md 8.5).
+    batch_timer_on: bool,
+    batch_tick: Interval,
+    /// The `batch_on_handshake` window is open.
+    batch_window_armed: bool,
+    batch_window: Pin<Box<Sleep>>,
 }
 
 impl SocketTask {
@@ -274,6 +283,8 @@ impl SocketTask {
         let now = Instant::now();
         let mut ping = tokio::time::interval_at(now + cfg.ping_interval, cfg.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut batch_tick = tokio::time::interval_at(now + cfg.batch_interval, cfg.batch_interval);
+        batch_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         SocketTask {
             ws,
             out_rx,
@@ -303,6 +314,10 @@ impl SocketTask {
             bucket: cfg.limits.inbound_rate.map(Bucket::new),
             throttled: false,
             throttle: Box::pin(tokio::time::sleep(FAR)),
+            batch_timer_on: false,
+            batch_tick,
+            batch_window_armed: false,
+            batch_window: Box::pin(tokio::time::sleep(FAR)),
             server,
         }
     }
@@ -335,7 +350,16 @@ impl SocketTask {
                     IoEvent::WriteFailed => self.close_without_frame(1006, ""),
                 },
                 _ = self.ping.tick(), if self.ping_enabled => {
-                    self.shared.outbox.push(Utf8Bytes::from_static(self.version.ping()));
+                    // Pings are never batched (PROTOCOL.md 8.5).
+                    self.shared
+                        .outbox
+                        .push_unbatched(Utf8Bytes::from_static(self.version.ping()));
+                }
+                _ = self.batch_tick.tick(), if self.batch_timer_on => {
+                    self.shared.outbox.flush_batch(true);
+                }
+                _ = &mut self.batch_window, if self.batch_window_armed => {
+                    self.on_batch_window_end();
                 }
                 _ = &mut self.pong_deadline, if self.ping_enabled => self.close(4001, ""),
                 _ = &mut self.handshake_deadline, if self.handshake_pending => self.close(4005, ""),
@@ -356,7 +380,10 @@ impl SocketTask {
                 .slow_consumer_disconnects
                 .fetch_add(1, Ordering::Relaxed);
             crate::metrics::slow_consumer_disconnect();
-            tracing::debug!(socket = %self.shared.id, "outbound queue limit exceeded; dropping socket");
+            tracing::info!(
+                socket = %self.shared.id,
+                "slow consumer dropped: outbound queue limit exceeded"
+            );
             self.close_without_frame(CLOSE_POLICY_VIOLATION, "Outbound queue limit exceeded");
         }
     }
@@ -452,6 +479,11 @@ impl SocketTask {
             let Some(inbound) = self.inbox.pop_front() else {
                 break;
             };
+            let raw_chain = snapshot(&self.server.middleware.inbound_raw);
+            if !raw_chain.is_empty() {
+                self.run_inbound_raw(raw_chain, inbound);
+                continue;
+            }
             match inbound {
                 Inbound::Pong => self.on_pong(),
                 Inbound::Text(t) => self.process_text(t.as_str()),
@@ -460,6 +492,43 @@ impl SocketTask {
                     self.process_text(&text);
                 }
             }
+        }
+    }
+
+    /// JS `inboundRaw` middleware: the message is processed (possibly replaced) once
+    /// the chain allows it, or dropped.
+    fn run_inbound_raw(
+        &mut self,
+        chain: Arc<[Arc<dyn crate::middleware::InboundRawMiddleware>]>,
+        inbound: Inbound,
+    ) {
+        let (message, binary) = match inbound {
+            Inbound::Pong => (self.version.pong().to_owned(), false),
+            Inbound::Text(t) => (t.as_str().to_owned(), false),
+            Inbound::Binary(b) => (String::from_utf8_lossy(&b).into_owned(), true),
+        };
+        let action = InboundRawAction {
+            socket: self.socket.clone(),
+            message,
+            binary,
+        };
+        self.start_step(Box::pin(async move {
+            Resume::Raw {
+                result: run_inbound_raw(chain, action).await,
+            }
+        }));
+    }
+
+    fn inbound_raw_done(&mut self, result: Result<InboundRawAction, Block>) {
+        match result {
+            Ok(action) => {
+                if !action.binary && action.message == self.version.pong() {
+                    self.on_pong();
+                } else {
+                    self.process_text(&action.message);
+                }
+            }
+            Err(block) => self.warn_wire(&block.into_wire("message", "inboundRaw")),
         }
     }
 
@@ -628,6 +697,7 @@ impl SocketTask {
                 channel,
                 result,
             } => self.unsubscribed(cid, channel, result),
+            Resume::Raw { result } => self.inbound_raw_done(result),
             Resume::App { cid, result } => match result {
                 Ok(action) => self.dispatch(action.kind, cid, action.data),
                 Err(block) => {
@@ -693,12 +763,15 @@ impl SocketTask {
                 WireError::Value(_) => 4008,
             };
             self.warn_wire(&err);
+            tracing::info!(socket = %self.shared.id, status = code, "handshake rejected");
             let mut packet = ResponsePacket::err(cid, &err);
             if self.version == ProtocolVersion::V1 {
                 // v14 clients read the close code from `data.code` (PROTOCOL.md 1.4).
                 packet.data = RawValue::from_string(format!("{{\"code\":{code}}}")).ok();
             }
-            self.send_text(packet.encode());
+            self.shared
+                .outbox
+                .push_unbatched(Utf8Bytes::from(packet.encode()));
             return self.close(code, "");
         }
         self.authenticate_for_handshake(cid, outcome, false);
@@ -772,7 +845,21 @@ impl SocketTask {
             self.server.socket_opened(&self.socket);
             self.start_outbound_pipeline();
         }
-        self.reply_ok(cid, Some(status.to_raw()));
+        // The handshake reply is never batched; batching on handshake starts right
+        // after it (PROTOCOL.md 8.5).
+        self.shared.outbox.push_unbatched(Utf8Bytes::from(
+            ResponsePacket::ok(cid, Some(status.to_raw())).encode(),
+        ));
+        if !rehandshake {
+            tracing::info!(
+                socket = %self.shared.id,
+                authenticated,
+                "handshake completed"
+            );
+            if self.server.config.batch_on_handshake {
+                self.start_batch_on_handshake();
+            }
+        }
         if bad {
             // JS: deauthenticate() after a bad token; #removeAuthToken follows the reply.
             self.deauthenticate_inner(true, None);
@@ -789,6 +876,31 @@ impl SocketTask {
         if authenticated {
             self.emit_auth_events(was_auth);
         }
+    }
+
+    /// JS `_startBatchOnHandshake`: batch now, stop after the window unless the
+    /// application started batching itself.
+    fn start_batch_on_handshake(&mut self) {
+        self.shared.outbox.start_buffering();
+        self.set_batch_timer(true);
+        let d = self.server.config.batch_on_handshake_duration;
+        self.batch_window.as_mut().reset(Instant::now() + d);
+        self.batch_window_armed = true;
+    }
+
+    fn on_batch_window_end(&mut self) {
+        self.batch_window_armed = false;
+        if !self.shared.app_batching.load(Ordering::Acquire) {
+            self.shared.outbox.flush_batch(false);
+            self.set_batch_timer(false);
+        }
+    }
+
+    fn set_batch_timer(&mut self, on: bool) {
+        if on && !self.batch_timer_on {
+            self.batch_tick.reset();
+        }
+        self.batch_timer_on = on;
     }
 
     fn start_outbound_pipeline(&mut self) {
@@ -958,6 +1070,8 @@ impl SocketTask {
                 new_state: AuthState::Authenticated,
             });
         }
+        // Never the token or its claims.
+        tracing::info!(socket = %self.shared.id, "authenticated");
         self.emit(ServerEvent::Authentication {
             socket: self.socket.clone(),
             auth_token: auth.claims,
@@ -983,6 +1097,7 @@ impl SocketTask {
                 new_state: AuthState::Unauthenticated,
             });
         }
+        tracing::info!(socket = %self.shared.id, "deauthenticated");
         self.emit(ServerEvent::Deauthentication {
             socket: self.socket.clone(),
             old_auth_token: old,
@@ -1011,6 +1126,12 @@ impl SocketTask {
             .collect();
         let message = RawValue::from_string("\"Authentication required\"".to_owned()).ok();
         for c in channels {
+            tracing::info!(
+                socket = %self.shared.id,
+                channel = %c,
+                reason = "authentication lost",
+                "kicked out"
+            );
             self.send_event(
                 events::KICK_OUT,
                 Some(events::kick_out_data(&c, message.as_deref())),
@@ -1421,10 +1542,19 @@ impl SocketTask {
                 self.warn(ErrorObject::new("AuthTokenSignError", message));
                 self.close(4002, "");
             }
-            Cmd::Deauthenticate { notify, reply } => {
-                self.deauthenticate(notify);
-                let _ = reply.send(());
-            }
+            Cmd::Deauthenticate { notify, ack, reply } => match ack {
+                // JS: deauthenticateSelf(), then invoke('#removeAuthToken').
+                Some(ack) => {
+                    self.deauthenticate(false);
+                    self.invoke(events::REMOVE_AUTH_TOKEN.to_owned(), None, ack);
+                    let _ = reply.send(());
+                }
+                None => {
+                    self.deauthenticate(notify);
+                    let _ = reply.send(());
+                }
+            },
+            Cmd::BatchTimer(on) => self.set_batch_timer(on),
             Cmd::KickOut {
                 channel,
                 message,
@@ -1440,6 +1570,7 @@ impl SocketTask {
                 };
                 let mut result = Ok(());
                 for c in channels {
+                    tracing::info!(socket = %self.shared.id, channel = %c, "kicked out");
                     self.send_event(
                         events::KICK_OUT,
                         Some(events::kick_out_data(&c, message.as_deref())),
@@ -1584,6 +1715,13 @@ impl SocketTask {
             let _ = reply.send(Err(InvokeError::BadConnection(event)));
         }
         self.server.socket_closed(&self.socket, prev);
+        tracing::info!(
+            socket = %self.shared.id,
+            code = closing.code,
+            reason = %reason,
+            was_open = prev == SocketState::Open,
+            "connection closed"
+        );
         let ev = if prev == SocketState::Open {
             ServerEvent::Disconnection {
                 socket: self.socket.clone(),

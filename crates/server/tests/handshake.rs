@@ -377,3 +377,25 @@ async fn shutdown_closes_sockets_with_1001() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err() || server.is_shut_down());
     assert_eq!(server.clients_count(), 0);
 }
+
+/// SV-26, 3.6.1, 3.6.5: with `strict_handshake` false, an empty binary frame and a pong
+/// before the handshake are tolerated, and a `#subscribe` is answered with
+/// `InvalidActionError` "Cannot subscribe socket to a channel before it has completed
+/// the handshake"; the handshake then succeeds.
+#[tokio::test]
+async fn lenient_handshake_tolerates_early_messages() {
+    let server = start(config().with_strict_handshake(false)).await;
+    let mut c = Raw::connect(&url(&server)).await;
+    c.send_binary(&[]).await;
+    c.send("").await;
+    c.send(r##"{"event":"#subscribe","data":{"channel":"early"},"cid":2}"##)
+        .await;
+    assert_eq!(
+        c.text().await,
+        r#"{"rid":2,"error":{"message":"Cannot subscribe socket to a channel before it has completed the handshake","name":"InvalidActionError"}}"#
+    );
+    let reply = c.handshake(None).await;
+    assert_eq!(reply["data"]["id"].as_str().map(str::len), Some(20));
+    let sub = c.invoke("#subscribe", json!({"channel": "later"}), 3).await;
+    assert_eq!(sub, json!({"rid": 3}));
+}

@@ -761,3 +761,235 @@ impl AssertExcept for sc_test_support::JsClientRun {
         }
     }
 }
+
+/// The client's `message` events (inbound frames as received), pings left out.
+fn client_messages(run: &sc_test_support::JsClientRun) -> Vec<Value> {
+    run.client_events_named("message")
+        .into_iter()
+        .filter_map(|d| d["message"].as_str().map(str::to_owned))
+        .filter(|m| !m.is_empty())
+        .map(|m| serde_json::from_str(&m).unwrap_or(Value::String(m)))
+        .collect()
+}
+
+/// SV-54 (PROTOCOL.md 8.5, 12.2): JS client and this server both `batchOnHandshake`:
+/// the client's 20 `#subscribe`s reach the server as one 20-element array, the
+/// SUBSCRIBE middleware still runs 20 times, the blocked channel gets `subscribeFail`
+/// with the middleware's error name, a publish after the subscriptions is received,
+/// and the client receives first the (non-array) handshake reply, then one 20-element
+/// array of responses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_and_server_batch_on_handshake_sv54() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let server = mirror_server(config().with_batch_on_handshake(true)).await;
+    let raw: Arc<Mutex<Vec<String>>> = Arc::default();
+    let raw2 = raw.clone();
+    server.add_inbound_raw_middleware(move |a: socketcluster_server::InboundRawAction| {
+        raw2.lock().unwrap().push(a.message().to_owned());
+        async move { Ok(a) }
+    });
+    let subscribes = Arc::new(AtomicUsize::new(0));
+    let subs2 = subscribes.clone();
+    server.add_inbound_middleware(move |a: InboundAction| {
+        let blocked = match a.kind() {
+            InboundKind::Subscribe { channel } => {
+                subs2.fetch_add(1, Ordering::SeqCst);
+                channel == "ch-12"
+            }
+            _ => false,
+        };
+        async move {
+            if blocked {
+                Err(Block::error(
+                    "UnauthorizedSubscribeError",
+                    "Not allowed to subscribe to ch-12",
+                ))
+            } else {
+                Ok(a)
+            }
+        }
+    });
+    let mut steps: Vec<Value> = (0..20)
+        .map(|i| {
+            if i == 10 {
+                json!({"op": "subscribe", "channel": format!("ch-{i}"), "options": {"data": {"foo": 123}}})
+            } else {
+                json!({"op": "subscribe", "channel": format!("ch-{i}")})
+            }
+        })
+        .collect();
+    steps.extend([
+        json!({"op": "connect"}),
+        json!({"op": "waitEvent", "name": "subscribe", "count": 19}),
+        json!({"op": "waitEvent", "name": "subscribeFail"}),
+        json!({"op": "publish", "channel": "ch-19", "data": "after-subscribe"}),
+        json!({"op": "waitPublish", "channel": "ch-19"}),
+    ]);
+    let run = run_js_client(json!({
+        "url": url(&server),
+        "options": {"autoConnect": false, "autoReconnect": false, "batchOnHandshake": true},
+        "logMessages": true,
+        "steps": steps,
+    }))
+    .await;
+    run.assert_all_ok();
+    // Server side: the handshake, then one 20-element array (pongs left out).
+    let inbound: Vec<Value> = raw
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| !m.is_empty())
+        .map(|m| serde_json::from_str(m).unwrap())
+        .collect();
+    assert_eq!(inbound[0]["event"], "#handshake", "{inbound:?}");
+    let batch = inbound[1]
+        .as_array()
+        .expect("second inbound message is an array");
+    assert_eq!(batch.len(), 20, "{batch:?}");
+    assert_eq!(
+        batch[10]["data"],
+        json!({"channel": "ch-10", "data": {"foo": 123}})
+    );
+    assert_eq!(subscribes.load(Ordering::SeqCst), 20);
+    let fail = &run.client_events_named("subscribeFail")[0];
+    assert_eq!(fail["channel"], "ch-12");
+    assert_eq!(fail["error"]["name"], "UnauthorizedSubscribeError");
+    assert_eq!(run.publications("ch-19"), [json!("after-subscribe")]);
+    // Client side: handshake reply (not an array), then all 20 responses in one array.
+    let received = client_messages(&run);
+    assert!(received[0].is_object(), "{received:?}");
+    assert_eq!(received[0]["rid"], 1);
+    let replies = received[1].as_array().expect("second message is an array");
+    assert_eq!(replies.len(), 20, "{replies:?}");
+    assert!(
+        replies.iter().all(|r| r.get("rid").is_some()),
+        "{replies:?}"
+    );
+    assert_eq!(replies[12]["error"]["name"], "UnauthorizedSubscribeError");
+}
+
+/// SV-55 (PROTOCOL.md 8.5, 12.2): both sides `batchOnHandshake`, client `autoConnect`
+/// false: `subscribe('foo')` then `transmitPublish('foo','bar')` before connecting ->
+/// the publication is received (order preserved through both batches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_batched_subscribe_then_publish_is_received_sv55() {
+    let server = mirror_server(config().with_batch_on_handshake(true)).await;
+    let run = run_js_client(json!({
+        "url": url(&server),
+        "options": {"autoConnect": false, "autoReconnect": false, "batchOnHandshake": true},
+        "logMessages": true,
+        "steps": [
+            {"op": "subscribe", "channel": "foo"},
+            {"op": "transmitPublish", "channel": "foo", "data": "bar"},
+            {"op": "connect"},
+            {"op": "waitPublish", "channel": "foo"},
+        ],
+    }))
+    .await;
+    run.assert_all_ok();
+    assert_eq!(run.publications("foo"), [json!("bar")]);
+    // The subscribe reply and the publication went out batched.
+    let received = client_messages(&run);
+    assert!(received[0].is_object(), "{received:?}");
+    assert!(
+        received[1..].iter().any(|m| m
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["event"] == "#publish"))),
+        "{received:?}"
+    );
+}
+
+/// SV-26, SV-23 (PROTOCOL.md 3.6.1, 12.2): the JS client sends an empty binary frame
+/// before its `#handshake`: with `strict_handshake` false it is tolerated and the client
+/// connects (status with an id); with the default it closes with 4009.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_empty_binary_frame_before_handshake_sv26() {
+    let scenario = |url: String| {
+        json!({
+            "url": url,
+            "options": {"autoConnect": false, "autoReconnect": false},
+            "steps": [
+                {"op": "js", "code": "socket.connect(); let t = socket.transport; let ws = t.socket; \
+                    ws.onopen = () => { ws.send(Buffer.alloc(0)); t._onOpen(); }; return 'patched';"},
+                {"op": "waitEvent", "name": "close", "timeoutMs": 3000},
+                {"op": "state"},
+            ],
+            "disconnectAtEnd": true,
+        })
+    };
+    let lenient = mirror_server(config().with_strict_handshake(false)).await;
+    let strict = mirror_server(config()).await;
+    let (lenient_run, strict_run) = tokio::join!(
+        run_js_client(json!({
+            "url": url(&lenient),
+            "options": {"autoConnect": false, "autoReconnect": false},
+            "steps": [
+                {"op": "js", "code": "socket.connect(); let t = socket.transport; let ws = t.socket; \
+                    ws.onopen = () => { ws.send(Buffer.alloc(0)); t._onOpen(); }; return 'patched';"},
+                {"op": "waitEvent", "name": "connect"},
+                {"op": "invoke", "procedure": "echo", "data": "still open"},
+                {"op": "state"},
+            ],
+        })),
+        run_js_client(scenario(url(&strict)))
+    );
+    lenient_run.assert_all_ok();
+    let connect = first_event(&lenient_run.client_events(), "connect").clone();
+    assert_eq!(connect["id"].as_str().map(str::len), Some(20), "{connect}");
+    assert_eq!(lenient_run.step_result(2), &json!("still open"));
+    assert_eq!(lenient_run.step_result(3)["state"], "open");
+    assert!(
+        lenient_run
+            .client_events_named("close")
+            .iter()
+            .all(|c| c["code"] == 1000),
+        "{}",
+        lenient_run.dump()
+    );
+    strict_run.assert_all_ok();
+    let close = first_event(&strict_run.client_events(), "close").clone();
+    assert_eq!(close["code"], 4009, "{}", strict_run.dump());
+}
+
+/// SV-6 counterpart on the wire (PROTOCOL.md 3.6.4, 5.6): `deauthenticate_with`
+/// `reject_on_failed_delivery` invokes `#removeAuthToken` with a cid; the JS client
+/// acknowledges it and the call succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_acknowledges_remove_auth_token_invoke() {
+    use socketcluster_server::auth::DeauthenticateOptions;
+    let server = mirror_server(config()).await;
+    server.procedure("logoutConfirm", |req: Request| async move {
+        let r = req
+            .socket()
+            .deauthenticate_with(DeauthenticateOptions::default().reject_on_failed_delivery(true))
+            .await;
+        match r {
+            Ok(()) => req.respond(&"confirmed"),
+            Err(e) => req.error(ErrorObject::new(e.name(), e.to_string())),
+        }
+    });
+    let run = run_js_client(json!({
+        "url": url(&server),
+        "logMessages": true,
+        "steps": [
+            {"op": "waitEvent", "name": "connect"},
+            {"op": "invoke", "procedure": "login", "data": {"username": "bob"}},
+            {"op": "waitEvent", "name": "authenticate"},
+            {"op": "invoke", "procedure": "logoutConfirm"},
+            {"op": "waitEvent", "name": "removeAuthToken"},
+            {"op": "state"},
+        ],
+    }))
+    .await;
+    run.assert_all_ok();
+    assert_eq!(run.step_result(3), &json!("confirmed"));
+    assert_eq!(run.step_result(5)["authState"], "unauthenticated");
+    let received = client_messages(&run);
+    let remove = received
+        .iter()
+        .find(|m| m["event"] == "#removeAuthToken")
+        .expect("#removeAuthToken received");
+    assert!(remove["cid"].is_u64(), "{remove}");
+    assert!(remove.get("data").is_none(), "{remove}");
+}

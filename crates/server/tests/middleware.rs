@@ -418,3 +418,61 @@ async fn http_level_refusals() {
     assert!(buf.ends_with("Not Implemented"));
     assert!(server.stats().http_rejections >= 6);
 }
+
+/// 9.2 `inboundRaw`: the middleware sees every inbound message as received (the
+/// handshake, pongs, batches), can drop one silently (an invoke is never answered) or
+/// replace it (the replacement is decoded instead).
+#[tokio::test]
+async fn inbound_raw_sees_every_message_and_can_drop_or_replace_it() {
+    use socketcluster_server::InboundRawAction;
+    let server = start(config()).await;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen2 = seen.clone();
+    server.add_inbound_raw_middleware(move |mut a: InboundRawAction| {
+        seen2.lock().unwrap().push(a.message().to_owned());
+        let drop_it = a.message().contains("\"drop-me\"");
+        if a.message().contains("\"replace-me\"") {
+            a.set_message(a.message().replace("replace-me", "replaced"));
+        }
+        async move {
+            if drop_it {
+                Err(Block::error("RawBlockedError", "dropped"))
+            } else {
+                Ok(a)
+            }
+        }
+    });
+    let mut c = open(&server).await;
+    c.send("").await; // a pong
+    c.send(r#"{"event":"echo","data":"drop-me","cid":2}"#).await;
+    c.send(r#"{"event":"echo","data":"replace-me","cid":3}"#)
+        .await;
+    assert_eq!(c.json().await, json!({"rid": 3, "data": "replaced"}));
+    c.send(r#"[{"event":"echo","data":"a","cid":4},{"event":"echo","data":"b","cid":5}]"#)
+        .await;
+    let mut got = [c.json().await, c.json().await];
+    got.sort_by_key(|v| v["rid"].as_u64());
+    assert_eq!(
+        got,
+        [
+            json!({"rid": 4, "data": "a"}),
+            json!({"rid": 5, "data": "b"})
+        ]
+    );
+    // Nothing ever answers the dropped invoke.
+    assert!(c.silent_for(Duration::from_millis(100)).await.is_ok());
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen[0].starts_with(r##"{"event":"#handshake""##),
+        "{seen:?}"
+    );
+    assert_eq!(
+        &seen[1..],
+        [
+            "",
+            r#"{"event":"echo","data":"drop-me","cid":2}"#,
+            r#"{"event":"echo","data":"replace-me","cid":3}"#,
+            r#"[{"event":"echo","data":"a","cid":4},{"event":"echo","data":"b","cid":5}]"#,
+        ]
+    );
+}

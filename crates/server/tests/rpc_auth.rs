@@ -407,3 +407,63 @@ async fn rotating_the_key_invalidates_old_tokens() {
     let v = c.handshake(Some(&token)).await;
     assert_eq!(v["data"]["authError"]["message"], "invalid signature");
 }
+
+/// SV-6 / SV-7 (PROTOCOL.md 5.6, 12.2): `deauthenticate_with(reject_on_failed_delivery)`
+/// on a closed socket fails with `BadConnectionError` (and a warning); without the
+/// option it does not fail. On an open socket it invokes `#removeAuthToken` with a cid
+/// and resolves once the client acknowledges.
+#[tokio::test]
+async fn deauthenticate_with_reject_on_failed_delivery() {
+    use socketcluster_server::auth::DeauthenticateOptions;
+    let confirm = DeauthenticateOptions::default().reject_on_failed_delivery(true);
+    let server = start(config()).await;
+    let mut events = server.events();
+    let token = sign(&server, json!({"username": "bob"}));
+
+    // Open socket: invoke + acknowledgement.
+    let mut c = Raw::connect(&url(&server)).await;
+    let reply = c.handshake(Some(&token)).await;
+    let socket = server
+        .socket(reply["data"]["id"].as_str().unwrap())
+        .unwrap();
+    assert!(socket.is_authenticated());
+    let s2 = socket.clone();
+    let call = tokio::spawn(async move { s2.deauthenticate_with(confirm).await });
+    let frame = c.json().await;
+    assert_eq!(frame, json!({"event": "#removeAuthToken", "cid": 1}));
+    assert!(!socket.is_authenticated());
+    c.send(r#"{"rid":1}"#).await;
+    tokio::time::timeout(WAIT, call)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("acknowledged");
+
+    // SV-6: closed socket -> BadConnectionError.
+    c.close(1000, "bye").await;
+    tokio::time::timeout(WAIT, socket.closed()).await.unwrap();
+    let err = socket
+        .deauthenticate_with(confirm)
+        .await
+        .expect_err("closed socket");
+    assert!(matches!(err, InvokeError::BadConnection(_)), "{err:?}");
+    assert_eq!(err.name(), "BadConnectionError");
+    let warned = tokio::time::timeout(WAIT, async {
+        loop {
+            if let ServerEvent::Warning { error, .. } = events.recv().await.unwrap()
+                && error.name.as_str() == "BadConnectionError"
+            {
+                return error;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(warned.message.contains("#removeAuthToken"), "{warned:?}");
+    // SV-7: the same without the option does not fail.
+    socket
+        .deauthenticate_with(DeauthenticateOptions::default())
+        .await
+        .expect("no rejection without reject_on_failed_delivery");
+    socket.deauthenticate().await;
+}
