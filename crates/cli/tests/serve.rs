@@ -265,3 +265,65 @@ async fn payload_text_passes_through_unchanged_between_rust_clients() {
         "{\"channel\":\"big\",\"data\":{\"n\":12345678901234567890,\"f\":0.1}}\n"
     );
 }
+
+#[tokio::test]
+async fn json_logs_have_one_line_per_lifecycle_event_and_no_secrets() {
+    let mut serve = Serve::start(&["--port", "0", "--auth-key", "k", "--log-format", "json"]).await;
+    let (code, token, _) = run_cli(&[
+        "token",
+        "--auth-key",
+        "k",
+        "--claims",
+        r#"{"secret":"s3cr3t-claim"}"#,
+    ])
+    .await;
+    assert_eq!(code, 0);
+    let token = token.trim().to_owned();
+    let (code, _, err) = run_cli(&[
+        "publish",
+        "--url",
+        &serve.url(),
+        "--auth-token",
+        &token,
+        "ch",
+        r#"{"payload":"very-private-payload"}"#,
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    serve.terminate().await;
+    let mut lines = Vec::new();
+    while let Ok(Some(l)) = tokio::time::timeout(Duration::from_secs(5), serve.stderr.recv()).await
+    {
+        lines.push(l);
+    }
+    let events: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON log line: {l}")))
+        .collect();
+    let messages: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["fields"]["message"].as_str())
+        .collect();
+    for expected in [
+        "connection accepted",
+        "handshake completed",
+        "authenticated",
+        "connection closed",
+    ] {
+        assert_eq!(
+            messages.iter().filter(|m| **m == expected).count(),
+            1,
+            "exactly one `{expected}` line: {messages:?}"
+        );
+    }
+    let all = lines.join("\n");
+    let signature = token.rsplit('.').next().unwrap();
+    for secret in [
+        token.as_str(),
+        signature,
+        "s3cr3t-claim",
+        "very-private-payload",
+    ] {
+        assert!(!all.contains(secret), "the logs leak {secret:?}");
+    }
+}
