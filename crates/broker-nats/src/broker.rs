@@ -12,10 +12,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 use crate::connection::{Confirmer, ConnectionTask, Control, Publish, unavailable};
-use crate::envelope::{self, InstanceId};
+use socketcluster_backplane::{
+    BackplaneState, Counters, Health, InstanceId, NodeHealth, Stats, envelope,
+};
+
 use crate::error::Error;
-use crate::health::{BackplaneState, Health, NodeHealth, Stats};
-use crate::metrics::Counters;
 use crate::options::NatsBrokerOptions;
 use crate::shared::{EventHandler, Shared};
 use crate::subject::{channel_subject, valid_prefix};
@@ -113,7 +114,7 @@ impl NatsBroker {
             prefix: options.subject_prefix.clone(),
             address: url.to_owned(),
             delivery: Default::default(),
-            counters: Counters::default(),
+            counters: Counters::new(crate::BACKEND),
             state,
             link,
             was_lost: AtomicBool::new(false),
@@ -183,16 +184,13 @@ impl NatsBroker {
     /// Current health, for a `/health` endpoint.
     pub fn health(&self) -> Health {
         let s = &self.inner.shared;
-        let connected = s.is_connected();
-        Health {
-            state: *s.state.borrow(),
-            nodes: vec![NodeHealth {
-                address: s.address.clone(),
-                connected,
-                channels: s.channels.load(Ordering::Relaxed),
-                last_error: if connected { None } else { s.last_error() },
-            }],
-        }
+        let node = NodeHealth::new(
+            s.address.clone(),
+            s.is_connected(),
+            s.channels.load(Ordering::Relaxed),
+            || s.last_error.get(),
+        );
+        Health::new(*s.state.borrow(), vec![node])
     }
 
     /// Whether the backplane is connected (and every subscription confirmed).

@@ -261,7 +261,8 @@ impl ConnectionTask {
 /// The error of a publication while disconnected.
 pub(crate) fn unavailable(shared: &Shared) -> BrokerError {
     let reason = shared
-        .last_error()
+        .last_error
+        .get()
         .unwrap_or_else(|| "not connected".to_owned());
     BrokerError(format!(
         "NATS backplane {} unavailable ({reason}); the publication reached local subscribers only",

@@ -35,7 +35,7 @@
 //! Each publication is sent as a small binary envelope: the magic `SC`, a version byte, a
 //! flags byte, the publishing broker's 16-byte [`InstanceId`], the channel name, then the
 //! published JSON **bytes exactly as received** (never re-encoded). The format is the same
-//! as `socketcluster-broker-redis`'s (see the `envelope` module source).
+//! as `socketcluster-broker-redis`'s (see `socketcluster_backplane::envelope`).
 //!
 //! The publishing instance **delivers to its own subscribers immediately**, inside
 //! `publish`, then queues the envelope; its echo from NATS is recognised by the instance
@@ -79,18 +79,18 @@
 
 mod broker;
 mod connection;
-mod envelope;
 mod error;
-mod health;
-mod metrics;
 mod options;
 mod shared;
 mod subject;
 
 pub use broker::NatsBroker;
-pub use envelope::InstanceId;
 pub use error::Error;
-pub use health::{BackplaneState, Health, NodeHealth, Stats};
-pub use metrics::metric_names;
 pub use options::NatsBrokerOptions;
+pub use socketcluster_backplane::{
+    BackplaneState, Health, InstanceId, NodeHealth, Stats, metric_names,
+};
 pub use subject::{MAX_INLINE_CHANNEL_LEN, channel_subject};
+
+/// The `backend` label of this crate's metrics.
+const BACKEND: &str = "nats";

@@ -110,14 +110,12 @@ impl NatsBrokerOptions {
 
     /// Delay before reconnect attempt `attempt` (1-based, as async-nats counts), jittered.
     pub(crate) fn reconnect_delay_for(&self, attempt: usize) -> Duration {
-        let exp = u32::try_from(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX)
-            .min(20);
-        let base = self
-            .reconnect_min_delay
-            .saturating_mul(2u32.saturating_pow(exp))
-            .min(self.reconnect_max_delay);
-        base.mul_f64(0.75 + rand::random::<f64>() * 0.5)
+        let exp = u32::try_from(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        socketcluster_backplane::jitter(socketcluster_backplane::backoff(
+            self.reconnect_min_delay,
+            self.reconnect_max_delay,
+            exp,
+        ))
     }
 }
 

@@ -2,17 +2,14 @@
 //! the async-nats event callback.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use async_nats::Event;
-use socketcluster_server::Publication;
 use socketcluster_server::broker::Delivery;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::Control;
-use crate::envelope::{self, InstanceId};
-use crate::health::BackplaneState;
-use crate::metrics::Counters;
+use socketcluster_backplane::{BackplaneState, Counters, InstanceId, LastError, inbound};
 
 pub(crate) struct Shared {
     pub(crate) instance: InstanceId,
@@ -27,7 +24,7 @@ pub(crate) struct Shared {
     /// A connection was lost since the last `Connected` (the next one is a reconnect).
     pub(crate) was_lost: AtomicBool,
     pub(crate) channels: AtomicUsize,
-    pub(crate) last_error: Mutex<Option<String>>,
+    pub(crate) last_error: LastError,
 }
 
 impl Shared {
@@ -35,53 +32,16 @@ impl Shared {
         *self.state.borrow() == BackplaneState::Connected
     }
 
-    pub(crate) fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn set_last_error(&self, e: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
-    }
-
     /// A message arrived on the subject of `channel`.
     pub(crate) fn on_message(&self, channel: &str, payload: &[u8]) {
-        let env = match envelope::decode(payload) {
-            Ok(env) => env,
-            Err(e) => {
-                self.counters.invalid_message();
-                tracing::debug!(error = %e, "dropping a backplane message that is not an envelope");
-                return;
-            }
-        };
-        if env.instance == self.instance {
-            // Our own publication: the local subscribers got it at publish time.
-            self.counters.echo_skipped();
-            return;
-        }
-        if env.channel != channel {
-            self.counters.invalid_message();
-            tracing::debug!(
-                channel = env.channel,
-                "dropping an envelope sent on another channel's subject"
-            );
-            return;
-        }
-        let data = match env.raw_data() {
-            Ok(d) => d,
-            Err(e) => {
-                self.counters.invalid_message();
-                tracing::debug!(error = %e, "dropping a backplane message with invalid data");
-                return;
-            }
-        };
-        let Some(delivery) = self.delivery.get() else {
-            return;
-        };
-        self.counters.received();
-        delivery.deliver(&Publication::new(env.channel, data));
+        inbound::deliver(
+            payload,
+            self.instance,
+            &self.counters,
+            self.delivery.get(),
+            |c| c == channel,
+            "dropping an envelope sent on another channel's subject",
+        );
     }
 
     /// Connected and every subscription confirmed.
@@ -92,7 +52,7 @@ impl Shared {
             }
             // Count and clear before the new state is visible to watchers.
             self.counters.connection_up(true);
-            self.set_last_error(None);
+            self.last_error.set(None);
             if self.was_lost.swap(false, Ordering::AcqRel) {
                 self.counters.reconnected();
                 tracing::info!(
@@ -109,7 +69,7 @@ impl Shared {
     fn mark_disconnected(&self, reason: &str) {
         self.link.send_replace(false);
         self.was_lost.store(true, Ordering::Release);
-        self.set_last_error(Some(reason.to_owned()));
+        self.last_error.set(Some(reason.to_owned()));
         self.state.send_if_modified(|s| {
             if *s == BackplaneState::Disconnected {
                 return false;

@@ -10,12 +10,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 use crate::connection::{ConnectionTask, Control, Publish, unavailable};
-use crate::envelope::{self, InstanceId};
+use socketcluster_backplane::{
+    BackplaneState, Counters, Health, InstanceId, NodeHealth, Stats, envelope,
+};
+
 use crate::error::Error;
 use crate::hashing;
-use crate::health::{BackplaneState, Health, NodeHealth, Stats};
 use crate::link::{ClusterConnector, Connector, NodeConnector};
-use crate::metrics::Counters;
 use crate::options::{RedisBrokerOptions, Topology};
 use crate::shared::{NodeStatus, Shared};
 
@@ -244,7 +245,7 @@ impl RedisBroker {
             instance: InstanceId::random(),
             prefix: options.channel_prefix.clone(),
             delivery: Default::default(),
-            counters: Counters::default(),
+            counters: Counters::new(crate::BACKEND),
             state,
             nodes: statuses.clone(),
         });
@@ -316,24 +317,15 @@ impl RedisBroker {
 
     /// Current health, for a `/health` endpoint.
     pub fn health(&self) -> Health {
-        Health {
-            state: *self.inner.shared.state.borrow(),
-            nodes: self
-                .inner
-                .nodes
-                .iter()
-                .map(|n| NodeHealth {
-                    address: n.key.clone(),
-                    connected: n.status.is_connected(),
-                    channels: n.status.channels.load(std::sync::atomic::Ordering::Relaxed),
-                    last_error: if n.status.is_connected() {
-                        None
-                    } else {
-                        n.status.last_error()
-                    },
-                })
-                .collect(),
-        }
+        let nodes = self.inner.nodes.iter().map(|n| {
+            NodeHealth::new(
+                n.key.clone(),
+                n.status.is_connected(),
+                n.status.channels.load(std::sync::atomic::Ordering::Relaxed),
+                || n.status.last_error.get(),
+            )
+        });
+        Health::new(*self.inner.shared.state.borrow(), nodes.collect())
     }
 
     /// Whether every node is connected (and resubscribed).

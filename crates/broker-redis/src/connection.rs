@@ -16,8 +16,9 @@ use socketcluster_server::broker::BrokerError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::link::{Connector, Link, Signals, is_connection_error};
-use crate::options::{RedisBrokerOptions, jitter};
+use crate::options::RedisBrokerOptions;
 use crate::shared::{NodeStatus, Shared};
+use socketcluster_backplane::jitter;
 
 /// Completion of a command.
 pub(crate) type Done = oneshot::Sender<Result<(), BrokerError>>;
@@ -89,7 +90,7 @@ impl<C: Connector> ConnectionTask<C> {
                                 error = %e,
                                 "redis backplane connection lost; serving local traffic only until it is back"
                             );
-                            self.status.set_last_error(Some(e));
+                            self.status.last_error.set(Some(e));
                             self.shared.refresh_state();
                         }
                     }
@@ -104,7 +105,7 @@ impl<C: Connector> ConnectionTask<C> {
                     } else {
                         tracing::debug!(node = %self.status.address, error = %e, attempt, "redis backplane reconnect failed");
                     }
-                    self.status.set_last_error(Some(e));
+                    self.status.last_error.set(Some(e));
                     let delay = jitter(self.options.backoff(attempt));
                     attempt = attempt.saturating_add(1);
                     if self.wait_offline(delay).await.is_err() {
@@ -128,7 +129,7 @@ impl<C: Connector> ConnectionTask<C> {
             self.shared.counters.connection_up(up);
         }
         if up {
-            self.status.set_last_error(error);
+            self.status.last_error.set(error);
         }
         self.shared.refresh_state();
     }
@@ -293,7 +294,8 @@ impl<C: Connector> ConnectionTask<C> {
 /// The error of a publication while a node is down.
 pub(crate) fn unavailable(status: &NodeStatus) -> BrokerError {
     let reason = status
-        .last_error()
+        .last_error
+        .get()
         .unwrap_or_else(|| "not connected".to_owned());
     BrokerError(format!(
         "redis backplane {} unavailable ({reason}); the publication reached local subscribers only",

@@ -45,7 +45,7 @@
 //! Each publication is written to Redis as a small binary envelope: the magic `SC`, a
 //! version byte, a flags byte, the publishing broker's 16-byte [`InstanceId`], the channel
 //! name, then the published JSON **bytes exactly as received** (never re-encoded). The
-//! layout is documented in the `envelope` module source and shared with
+//! layout is documented in `socketcluster_backplane::envelope` and shared with
 //! `socketcluster-broker-nats`.
 //!
 //! The publishing instance **delivers to its own subscribers immediately**, inside
@@ -98,18 +98,18 @@
 
 mod broker;
 mod connection;
-mod envelope;
 mod error;
 mod hashing;
-mod health;
 mod link;
-mod metrics;
 mod options;
 mod shared;
 
 pub use broker::RedisBroker;
-pub use envelope::InstanceId;
 pub use error::Error;
-pub use health::{BackplaneState, Health, NodeHealth, Stats};
-pub use metrics::metric_names;
 pub use options::{RedisBrokerOptions, Topology};
+pub use socketcluster_backplane::{
+    BackplaneState, Health, InstanceId, NodeHealth, Stats, metric_names,
+};
+
+/// The `backend` label of this crate's metrics.
+const BACKEND: &str = "redis";

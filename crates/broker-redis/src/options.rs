@@ -132,17 +132,12 @@ impl RedisBrokerOptions {
 
     /// The delay before reconnect attempt `attempt` (0-based), before jitter.
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.min(20));
-        self.reconnect_min_delay
-            .saturating_mul(factor)
-            .min(self.reconnect_max_delay)
+        socketcluster_backplane::backoff(
+            self.reconnect_min_delay,
+            self.reconnect_max_delay,
+            attempt,
+        )
     }
-}
-
-/// `delay` with ±25 % uniform jitter, so that instances do not reconnect in lockstep.
-pub(crate) fn jitter(delay: Duration) -> Duration {
-    let f: f64 = 0.75 + rand::random::<f64>() * 0.5;
-    delay.mul_f64(f)
 }
 
 #[cfg(test)]
@@ -156,9 +151,5 @@ mod tests {
         let d: Vec<u128> = (0..6).map(|a| o.backoff(a).as_millis()).collect();
         assert_eq!(d, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(o.backoff(u32::MAX), Duration::from_millis(1000));
-        for _ in 0..100 {
-            let j = jitter(Duration::from_millis(1000)).as_millis();
-            assert!((750..=1250).contains(&j), "{j}");
-        }
     }
 }

@@ -1,23 +1,20 @@
 //! State shared by the broker handle, the connection tasks and the connections' push
 //! handlers.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
 
-use socketcluster_server::Publication;
 use socketcluster_server::broker::Delivery;
 use tokio::sync::watch;
 
-use crate::envelope::{self, InstanceId};
-use crate::health::BackplaneState;
-use crate::metrics::Counters;
+use socketcluster_backplane::{BackplaneState, Counters, InstanceId, LastError, inbound};
 
 /// Status of one node's connection task.
 pub(crate) struct NodeStatus {
     pub(crate) address: String,
     pub(crate) connected: AtomicBool,
     pub(crate) channels: AtomicUsize,
-    pub(crate) last_error: Mutex<Option<String>>,
+    pub(crate) last_error: LastError,
 }
 
 impl NodeStatus {
@@ -26,23 +23,12 @@ impl NodeStatus {
             address,
             connected: AtomicBool::new(false),
             channels: AtomicUsize::new(0),
-            last_error: Mutex::new(None),
+            last_error: LastError::default(),
         }
     }
 
     pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub(crate) fn set_last_error(&self, error: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 }
 
@@ -67,43 +53,19 @@ impl Shared {
     /// A message arrived from the backplane (runs on the connection's reader: must not
     /// block; `Delivery::deliver` only enqueues).
     pub(crate) fn on_message(&self, redis_channel: &[u8], payload: &[u8]) {
-        let env = match envelope::decode(payload) {
-            Ok(env) => env,
-            Err(e) => {
-                self.counters.invalid_message();
-                tracing::debug!(error = %e, "dropping a backplane message that is not an envelope");
-                return;
-            }
+        let expected = |channel: &str| {
+            redis_channel
+                .strip_prefix(self.prefix.as_bytes())
+                .is_some_and(|c| c == channel.as_bytes())
         };
-        if env.instance == self.instance {
-            // Our own publication: the local subscribers got it at publish time.
-            self.counters.echo_skipped();
-            return;
-        }
-        let expected = redis_channel
-            .strip_prefix(self.prefix.as_bytes())
-            .is_some_and(|c| c == env.channel.as_bytes());
-        if !expected {
-            self.counters.invalid_message();
-            tracing::debug!(
-                channel = env.channel,
-                "dropping an envelope sent on another channel"
-            );
-            return;
-        }
-        let data = match env.raw_data() {
-            Ok(d) => d,
-            Err(e) => {
-                self.counters.invalid_message();
-                tracing::debug!(error = %e, "dropping a backplane message with invalid data");
-                return;
-            }
-        };
-        let Some(delivery) = self.delivery.get() else {
-            return;
-        };
-        self.counters.received();
-        delivery.deliver(&Publication::new(env.channel, data));
+        inbound::deliver(
+            payload,
+            self.instance,
+            &self.counters,
+            self.delivery.get(),
+            expected,
+            "dropping an envelope sent on another channel",
+        );
     }
 
     /// Recompute the aggregated state after a node changed.

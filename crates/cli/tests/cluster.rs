@@ -5,13 +5,13 @@
 //! packages `redis-server` and `nats-server`) and fail, never skip, when those are missing.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use sc_test_support::backplane::{BackplaneServer, NatsServer, RedisServer};
 use sc_test_support::{JsClient, free_port};
 use serde_json::{Value, json};
 use socketcluster_client::Client;
@@ -21,94 +21,6 @@ use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_socketcluster");
 const API_KEY: &str = "k";
-
-fn find(name: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
-        let p = PathBuf::from(dir).join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join(name);
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "`{name}` is not installed: the backplane tests need it (Debian: apt-get install redis-server nats-server)"
-    );
-}
-
-/// A backplane server process on a free port, killed on drop.
-struct Backplane {
-    child: Child,
-    url: String,
-}
-
-impl Backplane {
-    async fn redis() -> Backplane {
-        Self::redis_on(free_port()).await
-    }
-
-    async fn redis_on(port: u16) -> Backplane {
-        let child = Command::new(find("redis-server"))
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn redis-server");
-        wait_port(port).await;
-        Backplane {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn nats() -> Backplane {
-        let port = free_port();
-        let child = Command::new(find("nats-server"))
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn nats-server");
-        wait_port(port).await;
-        Backplane {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Backplane {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-async fn wait_port(port: u16) {
-    for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("nothing listens on port {port}");
-}
 
 struct Serve {
     child: Child,
@@ -232,10 +144,11 @@ fn check_exactly_once_in_order(got: &[(String, u64)], publishers: &[&str], per: 
     }
 }
 
-async fn three_instances_share_channels(backplane: &Backplane) {
-    let a = Serve::start(&backplane.url, 0).await;
-    let b = Serve::start(&backplane.url, 0).await;
-    let c = Serve::start(&backplane.url, 0).await;
+async fn three_instances_share_channels(backplane: &impl BackplaneServer) {
+    let url = backplane.url();
+    let a = Serve::start(&url, 0).await;
+    let b = Serve::start(&url, 0).await;
+    let c = Serve::start(&url, 0).await;
     const PER: u64 = 25;
     // JS subscribers on A and B, Rust subscribers on B and C.
     let js_steps = |n: u64| {
@@ -317,21 +230,21 @@ async fn three_instances_share_channels(backplane: &Backplane) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_channels_over_redis() {
-    let redis = Backplane::redis().await;
+    let redis = RedisServer::start();
     three_instances_share_channels(&redis).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_channels_over_nats() {
-    let nats = Backplane::nats().await;
+    let nats = NatsServer::start();
     three_instances_share_channels(&nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_channel_names_route_exactly_over_nats() {
-    let nats = Backplane::nats().await;
-    let a = Serve::start(&nats.url, 0).await;
-    let b = Serve::start(&nats.url, 0).await;
+    let nats = NatsServer::start();
+    let a = Serve::start(&nats.url(), 0).await;
+    let b = Serve::start(&nats.url(), 0).await;
     let names = [
         "a.b",
         "a.*",
@@ -400,11 +313,11 @@ async fn load_balancer(backends: Vec<u16>) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_of_a_killed_instance_move_to_another_and_resubscribe() {
-    let redis = Backplane::redis().await;
+    let redis = RedisServer::start();
     let (pa, pb) = (free_port(), free_port());
-    let mut a = Serve::start(&redis.url, pa).await;
-    let b = Serve::start(&redis.url, pb).await;
-    let c = Serve::start(&redis.url, 0).await;
+    let mut a = Serve::start(&redis.url(), pa).await;
+    let b = Serve::start(&redis.url(), pb).await;
+    let c = Serve::start(&redis.url(), 0).await;
     let lb = load_balancer(vec![pa, pb]).await;
     let lb_url = format!("ws://127.0.0.1:{lb}/socketcluster/");
     // both clients land on A through the balancer
@@ -515,9 +428,9 @@ async fn wait_backplane(port: u16, state: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backplane_restart_is_reported_and_recovered_without_client_disconnects() {
     let redis_port = free_port();
-    let redis = Backplane::redis_on(redis_port).await;
-    let a = Serve::start(&redis.url, 0).await;
-    let b = Serve::start(&redis.url, 0).await;
+    let redis = RedisServer::start_on(redis_port);
+    let a = Serve::start(&redis.url(), 0).await;
+    let b = Serve::start(&redis.url(), 0).await;
     let ca = rust_client(a.url()).await;
     let cb = rust_client(b.url()).await;
     let mut sa = ca.subscribe("live").await.unwrap();
@@ -558,7 +471,7 @@ async fn a_backplane_restart_is_reported_and_recovered_without_client_disconnect
         .expect_err("client publish fails");
     assert_eq!(err.name(), "BrokerError", "{err}");
 
-    let _redis = Backplane::redis_on(redis_port).await; // ... and it comes back
+    let _redis = RedisServer::start_on(redis_port); // ... and it comes back
     wait_backplane(a.port, "connected").await;
     wait_backplane(b.port, "connected").await;
     let (status, body) = http_post(

@@ -9,6 +9,8 @@
 //! * [`run_js_client`] / [`JsClient`] run `interop/client.js`: a JS client driven by a
 //!   scenario of steps, printing every client event in emission order.
 //! * [`ensure_npm_installed`] installs the JS packages on first use (`npm ci`).
+//! * [`backplane`]: real `redis-server` / `nats-server` processes for the backplane
+//!   tests ([`backplane::RedisServer`], [`backplane::NatsServer`]).
 //!
 //! The full description of both runners (options, commands, ops, output lines) is in
 //! `interop/README.md`.
@@ -39,6 +41,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod backplane;
 mod client;
 mod jwt;
 mod npm;

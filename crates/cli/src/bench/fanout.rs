@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use futures_util::{FutureExt, StreamExt};
 use serde_json::value::RawValue;
-use socketcluster_client::{Client, Subscription};
+use socketcluster_client::{Client, ClientBuilder, Subscription};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -47,6 +47,14 @@ pub(crate) struct FanoutArgs {
     /// Channel name (default: a fresh `bench/fanout/<n>` per run).
     #[arg(long)]
     channel: Option<String>,
+    /// Cross-instance fan-out: the publisher connects here instead of `--url`
+    /// (e.g. instance A of a Redis/NATS backplane).
+    #[arg(long)]
+    publisher_url: Option<String>,
+    /// Cross-instance fan-out: subscribers are spread round-robin over these servers
+    /// (comma-separated) instead of `--url`.
+    #[arg(long, value_delimiter = ',')]
+    subscriber_urls: Vec<String>,
 }
 
 /// State shared by the publisher and the subscriber tasks.
@@ -303,12 +311,23 @@ pub(crate) async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<Report, BenchErro
         epoch: Instant::now(),
     });
     let channel_ref = channel.as_str();
+    if let Some(p) = &args.publisher_url {
+        report.param("publisher_url", p.as_str());
+    }
+    if !args.subscriber_urls.is_empty() {
+        report.param("subscriber_urls", args.subscriber_urls.join(",").as_str());
+    }
     let subs = ctx
-        .connect_many(args.subscribers, None, |_, client| async move {
-            let sub = client.subscribe(channel_ref).await?;
-            sub.subscribed().await?;
-            Ok((client, sub))
-        })
+        .connect_many_at(
+            args.subscribers,
+            None,
+            &args.subscriber_urls,
+            |_, client| async move {
+                let sub = client.subscribe(channel_ref).await?;
+                sub.subscribed().await?;
+                Ok((client, sub))
+            },
+        )
         .await?;
     let mut clients = Vec::with_capacity(subs.len());
     let mut histograms = Vec::with_capacity(subs.len());
@@ -324,7 +343,13 @@ pub(crate) async fn run(ctx: &Ctx, args: FanoutArgs) -> Result<Report, BenchErro
         )));
         clients.push(client);
     }
-    let publisher = ctx.connect().await?;
+    let publisher = match &args.publisher_url {
+        Some(url) => {
+            ctx.connect_with(ClientBuilder::from_options(ctx.options_for(url)))
+                .await?
+        }
+        None => ctx.connect().await?,
+    };
     let n = args.subscribers as u64;
 
     if args.mode != FanoutMode::Light {

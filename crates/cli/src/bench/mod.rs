@@ -200,7 +200,12 @@ impl Ctx {
     /// load generator does not read most events; 1024 pre-allocated event slots per
     /// client would dominate our own memory with thousands of sockets).
     pub(crate) fn options(&self) -> ClientOptions {
-        let mut o = ClientOptions::new(self.common.url.clone());
+        self.options_for(&self.common.url)
+    }
+
+    /// [`Ctx::options`] for another server (cross-instance scenarios).
+    pub(crate) fn options_for(&self, url: &str) -> ClientOptions {
+        let mut o = ClientOptions::new(url.to_owned());
         o.ack_timeout = Duration::from_millis(self.common.ack_timeout);
         o.event_capacity = 16;
         o
@@ -248,10 +253,29 @@ impl Ctx {
         F: Fn(usize, Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, BenchError>>,
     {
+        self.connect_many_at(n, token, &[], setup).await
+    }
+
+    /// [`Ctx::connect_many`] spreading the clients round-robin over `urls` (the main
+    /// `--url` when empty).
+    pub(crate) async fn connect_many_at<F, Fut, T>(
+        &self,
+        n: usize,
+        token: Option<&str>,
+        urls: &[String],
+        setup: F,
+    ) -> Result<Vec<T>, BenchError>
+    where
+        F: Fn(usize, Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BenchError>>,
+    {
         let setup = &setup;
         let results: Vec<Result<T, BenchError>> = futures_util::stream::iter(0..n)
             .map(|i| async move {
-                let mut o = self.options();
+                let mut o = match urls.len() {
+                    0 => self.options(),
+                    k => self.options_for(&urls[i % k]),
+                };
                 if let Some(t) = token {
                     o.token_store = Arc::new(MemoryTokenStore::with_token(t));
                 }

@@ -1,5 +1,7 @@
 //! Backplane status: [`Health`] (for `/health`) and [`Stats`] (counters for `/metrics`).
 
+use std::sync::Mutex;
+
 /// Connection state of the backplane as a whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -7,7 +9,8 @@ pub enum BackplaneState {
     /// Every node is connected and every channel with local subscribers is subscribed.
     Connected,
     /// Some nodes are connected, others are reconnecting: channels hashed to a
-    /// disconnected node are local-only until it is back.
+    /// disconnected node are local-only until it is back. Only reported by the Redis
+    /// broker (some of several nodes down); the NATS broker has a single connection.
     Degraded,
     /// No node is connected: the server only serves local traffic and publications fail.
     Disconnected,
@@ -30,22 +33,29 @@ impl BackplaneState {
 pub struct Health {
     /// Aggregated state.
     pub state: BackplaneState,
-    /// One entry per Redis node (one entry for the whole cluster in cluster mode).
+    /// One entry per connection: per Redis node (one for the whole cluster in cluster
+    /// mode), or one for the NATS server (or server list).
     pub nodes: Vec<NodeHealth>,
 }
 
 impl Health {
+    /// A snapshot made of the aggregated state and one entry per connection.
+    pub fn new(state: BackplaneState, nodes: Vec<NodeHealth>) -> Health {
+        Health { state, nodes }
+    }
+
     /// Whether every node is connected.
     pub fn is_connected(&self) -> bool {
         self.state == BackplaneState::Connected
     }
 }
 
-/// Health of one node.
+/// Health of one node (one connection).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct NodeHealth {
-    /// `host:port` (or the seed list in cluster mode).
+    /// Redis: `host:port` (or the seed list in cluster mode). NATS: the URL(s) given to
+    /// `connect`.
     pub address: String,
     /// Connected and resubscribed.
     pub connected: bool,
@@ -53,6 +63,41 @@ pub struct NodeHealth {
     pub channels: usize,
     /// The last connection error, if the node is disconnected.
     pub last_error: Option<String>,
+}
+
+impl NodeHealth {
+    /// The health of one node. `last_error` is only reported while disconnected: it is
+    /// dropped when `connected` is true.
+    pub fn new(
+        address: String,
+        connected: bool,
+        channels: usize,
+        last_error: impl FnOnce() -> Option<String>,
+    ) -> NodeHealth {
+        NodeHealth {
+            address,
+            connected,
+            channels,
+            last_error: if connected { None } else { last_error() },
+        }
+    }
+}
+
+/// The last connection error of a node, shared between its connection task and
+/// [`Health`] snapshots.
+#[derive(Debug, Default)]
+pub struct LastError(Mutex<Option<String>>);
+
+impl LastError {
+    /// The error recorded last, if any.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Record an error, or clear it with `None`.
+    pub fn set(&self, error: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
 }
 
 /// Counters since the broker was created (the same values are reported through the

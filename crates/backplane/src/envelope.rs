@@ -1,7 +1,7 @@
 //! The backplane message format (version 1).
 //!
 //! The same format is used by `socketcluster-broker-redis` and `socketcluster-broker-nats`
-//! (the two copies of this module are kept identical; the golden test below pins the bytes).
+//! (both use this module; the golden test below pins the bytes).
 //!
 //! ```text
 //! offset  size  field
@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 
 /// Magic bytes at the start of every envelope.
 const MAGIC: &[u8; 2] = b"SC";
-/// Envelope format version written by this crate.
+/// Envelope format version written by this module.
 const VERSION: u8 = 1;
 const FLAG_DATA: u8 = 1;
 const HEADER: usize = 24;
@@ -54,7 +54,7 @@ impl fmt::Display for InstanceId {
 }
 
 /// Encode a publication into an envelope.
-pub(crate) fn encode(instance: InstanceId, channel: &str, data: Option<&RawValue>) -> Vec<u8> {
+pub fn encode(instance: InstanceId, channel: &str, data: Option<&RawValue>) -> Vec<u8> {
     let data = data.map(RawValue::get);
     let mut out = Vec::with_capacity(HEADER + channel.len() + data.map_or(0, str::len));
     out.extend_from_slice(MAGIC);
@@ -73,29 +73,38 @@ pub(crate) fn encode(instance: InstanceId, channel: &str, data: Option<&RawValue
 
 /// A decoded envelope, borrowing from the received bytes.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Envelope<'a> {
-    pub(crate) instance: InstanceId,
-    pub(crate) channel: &'a str,
-    pub(crate) data: Option<&'a str>,
+pub struct Envelope<'a> {
+    /// The publishing broker.
+    pub instance: InstanceId,
+    /// The SocketCluster channel name.
+    pub channel: &'a str,
+    /// The published JSON text, unvalidated (`None`: a publish without data).
+    pub data: Option<&'a str>,
 }
 
 /// Why a received message was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum DecodeError {
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Bad magic or a header shorter than 24 bytes.
     #[error("not a SocketCluster envelope (bad magic or truncated header)")]
     NotAnEnvelope,
+    /// A format version this module does not read.
     #[error("unsupported envelope version {0}")]
     Version(u8),
+    /// The channel name is cut short, or there are bytes after it with no data flag.
     #[error("truncated channel name")]
     Truncated,
+    /// The channel name or the data is not UTF-8.
     #[error("channel name or data is not UTF-8")]
     Utf8,
+    /// The data is not one valid JSON value.
     #[error("data is not valid JSON")]
     Json,
 }
 
 /// Decode an envelope (does not validate the JSON; see [`Envelope::raw_data`]).
-pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
     if bytes.len() < HEADER || &bytes[..2] != MAGIC {
         return Err(DecodeError::NotAnEnvelope);
     }
@@ -128,7 +137,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
 
 impl Envelope<'_> {
     /// The data as a validated raw JSON value (no re-encoding: the text is kept as is).
-    pub(crate) fn raw_data(&self) -> Result<Option<Box<RawValue>>, DecodeError> {
+    pub fn raw_data(&self) -> Result<Option<Box<RawValue>>, DecodeError> {
         match self.data {
             None => Ok(None),
             Some(d) => RawValue::from_string(d.to_owned())

@@ -1,14 +1,14 @@
 //! Counters kept as atomics (for [`crate::Stats`]) and reported through the `metrics`
-//! facade (for whatever exporter the application installed).
+//! facade (for whatever exporter the application installed), labelled with the backend.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::health::Stats;
+use crate::Stats;
 
 /// Names of the metrics reported through the `metrics` facade. Every metric has the
-/// label `backend` (`"redis"` here, `"nats"` for `socketcluster-broker-nats`, which uses
-/// the same names).
+/// label `backend`: `"redis"` for `socketcluster-broker-redis`, `"nats"` for
+/// `socketcluster-broker-nats` (see [`Counters::new`](crate::Counters::new)).
 pub mod metric_names {
     /// Counter: publications written to the backplane and confirmed.
     pub const PUBLISHED: &str = "socketcluster_backplane_published_total";
@@ -59,10 +59,12 @@ pub mod metric_names {
 
 use metric_names as m;
 
-const BACKEND: &str = "redis";
-
-#[derive(Default)]
-pub(crate) struct Counters {
+/// The counters of one broker: each event is counted in an atomic (read back with
+/// [`Counters::snapshot`]) and reported through the `metrics` facade with the label
+/// `backend`.
+#[derive(Debug)]
+pub struct Counters {
+    backend: &'static str,
     published: AtomicU64,
     publish_failures: AtomicU64,
     received: AtomicU64,
@@ -73,51 +75,80 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn published(&self, latency: Duration) {
+    /// Counters reported with the label `backend` = `backend` (`"redis"`, `"nats"`).
+    pub fn new(backend: &'static str) -> Counters {
+        Counters {
+            backend,
+            published: AtomicU64::new(0),
+            publish_failures: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            echoes_skipped: AtomicU64::new(0),
+            invalid_messages: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            channels_subscribed: AtomicU64::new(0),
+        }
+    }
+
+    /// The `backend` label.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// A publication was confirmed by the backplane after `latency`.
+    pub fn published(&self, latency: Duration) {
         self.published.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(m::PUBLISHED, "backend" => BACKEND).increment(1);
-        metrics::histogram!(m::PUBLISH_LATENCY, "backend" => BACKEND).record(latency.as_secs_f64());
+        metrics::counter!(m::PUBLISHED, "backend" => self.backend).increment(1);
+        metrics::histogram!(m::PUBLISH_LATENCY, "backend" => self.backend)
+            .record(latency.as_secs_f64());
     }
 
-    pub(crate) fn publish_failed(&self) {
+    /// A publication failed (the publisher got an error).
+    pub fn publish_failed(&self) {
         self.publish_failures.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(m::PUBLISH_FAILURES, "backend" => BACKEND).increment(1);
+        metrics::counter!(m::PUBLISH_FAILURES, "backend" => self.backend).increment(1);
     }
 
-    pub(crate) fn received(&self) {
+    /// A publication from another instance was delivered locally.
+    pub fn received(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(m::RECEIVED, "backend" => BACKEND).increment(1);
+        metrics::counter!(m::RECEIVED, "backend" => self.backend).increment(1);
     }
 
-    pub(crate) fn echo_skipped(&self) {
+    /// An own publication came back from the backplane and was skipped.
+    pub fn echo_skipped(&self) {
         self.echoes_skipped.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(m::ECHOES_SKIPPED, "backend" => BACKEND).increment(1);
+        metrics::counter!(m::ECHOES_SKIPPED, "backend" => self.backend).increment(1);
     }
 
-    pub(crate) fn invalid_message(&self) {
+    /// A received message was dropped (not a valid envelope).
+    pub fn invalid_message(&self) {
         self.invalid_messages.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(m::INVALID_MESSAGES, "backend" => BACKEND).increment(1);
+        metrics::counter!(m::INVALID_MESSAGES, "backend" => self.backend).increment(1);
     }
 
-    pub(crate) fn reconnected(&self) {
+    /// A lost connection was re-established (and resubscribed).
+    pub fn reconnected(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(m::RECONNECTS, "backend" => BACKEND).increment(1);
+        metrics::counter!(m::RECONNECTS, "backend" => self.backend).increment(1);
     }
 
-    pub(crate) fn channels_added(&self, n: usize) {
+    /// `n` channels were subscribed on the backplane.
+    pub fn channels_added(&self, n: usize) {
         self.channels_subscribed
             .fetch_add(n as u64, Ordering::Relaxed);
-        metrics::gauge!(m::CHANNELS_SUBSCRIBED, "backend" => BACKEND).increment(n as f64);
+        metrics::gauge!(m::CHANNELS_SUBSCRIBED, "backend" => self.backend).increment(n as f64);
     }
 
-    pub(crate) fn channels_removed(&self, n: usize) {
+    /// `n` channels were unsubscribed from the backplane.
+    pub fn channels_removed(&self, n: usize) {
         self.channels_subscribed
             .fetch_sub(n as u64, Ordering::Relaxed);
-        metrics::gauge!(m::CHANNELS_SUBSCRIBED, "backend" => BACKEND).decrement(n as f64);
+        metrics::gauge!(m::CHANNELS_SUBSCRIBED, "backend" => self.backend).decrement(n as f64);
     }
 
-    pub(crate) fn connection_up(&self, up: bool) {
-        let g = metrics::gauge!(m::CONNECTIONS_UP, "backend" => BACKEND);
+    /// A connection came up (`true`) or went down (`false`).
+    pub fn connection_up(&self, up: bool) {
+        let g = metrics::gauge!(m::CONNECTIONS_UP, "backend" => self.backend);
         if up {
             g.increment(1.0);
         } else {
@@ -125,7 +156,8 @@ impl Counters {
         }
     }
 
-    pub(crate) fn snapshot(&self) -> Stats {
+    /// The counters' current values.
+    pub fn snapshot(&self) -> Stats {
         Stats {
             published: self.published.load(Ordering::Relaxed),
             publish_failures: self.publish_failures.load(Ordering::Relaxed),

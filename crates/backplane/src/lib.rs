@@ -1,0 +1,32 @@
+//! The pieces shared by the `socketcluster-server` backplanes
+//! (`socketcluster-broker-redis` and `socketcluster-broker-nats`), so that both speak the
+//! same format and report the same things:
+//!
+//! * [`envelope`]: the binary message format written to the backplane (version 1), with
+//!   the publishing broker's [`InstanceId`]; [`inbound::deliver`]: the checks made on a
+//!   received message (foreign data, own echoes, wrong channel) and its local delivery;
+//! * [`Health`], [`NodeHealth`], [`BackplaneState`] (for `/health`) and [`Stats`];
+//! * [`metric_names`] and [`Counters`]: the metrics reported through the `metrics`
+//!   facade, labelled `backend="redis"` or `backend="nats"`;
+//! * [`backoff`](fn@backoff) and [`jitter`]: reconnect delays.
+//!
+//! The broker crates re-export the public types (`BackplaneState`, `Health`,
+//! `NodeHealth`, `Stats`, `InstanceId`, `metric_names`); applications use them from
+//! there.
+//!
+//! With the `testing` feature (only enabled by the broker crates' dev-dependencies), the
+//! `testing` module holds the harness and scenarios shared by their integration tests.
+#![forbid(unsafe_code)]
+
+mod backoff;
+pub mod envelope;
+mod health;
+pub mod inbound;
+mod metrics;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use backoff::{backoff, jitter};
+pub use envelope::InstanceId;
+pub use health::{BackplaneState, Health, LastError, NodeHealth, Stats};
+pub use metrics::{Counters, metric_names};
