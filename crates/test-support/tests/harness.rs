@@ -16,7 +16,8 @@ fn server_options(version: JsVersion) -> JsServerOptions {
         version,
         auth_key: Some("testkey".into()),
         ping_interval_ms: Some(200),
-        ping_timeout_ms: Some(2000),
+        // generous: 15 of these tests run at once, each with two node processes, on 2 cores
+        ping_timeout_ms: Some(5000),
         private_pattern: Some("private/*".into()),
         ..Default::default()
     }
@@ -99,7 +100,18 @@ async fn basic_session(server_version: JsVersion, client_version: JsVersion) {
     assert_eq!(rejected["kind"], "subscribe");
     assert_eq!(rejected["channel"], "private/x");
     let closure = server.wait_for("closure", WAIT).await;
-    assert_eq!(closure["code"], 1000);
+    // The runner closes with 1000. The JS server reports 1006 instead when one of its
+    // pings (every 200 ms here) races the closing handshake: its send fails with
+    // "WebSocket is not open" and it calls that a hang-up (PROTOCOL.md 4.3, 1006).
+    let raced = closure["code"] == 1006
+        && closure["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("WebSocket is not open"));
+    assert!(
+        closure["code"] == 1000 || raced,
+        "server events: {:?}",
+        server.events()
+    );
 }
 
 trait RunExt {
