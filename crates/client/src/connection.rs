@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use indexmap::IndexMap;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -311,12 +311,9 @@ async fn poll_hook(
     }
 }
 
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
+/// At most this many further ready commands and inbound messages are handled after the
+/// one that woke the connection task, before its frames are flushed.
+const DRAIN_BUDGET: usize = 256;
 
 fn raw(text: impl Into<String>) -> Box<RawValue> {
     RawValue::from_string(text.into())
@@ -393,40 +390,33 @@ impl Connection {
         if self.opts.auto_connect {
             self.start_connect();
         }
+        // One timer for the task's whole life (creating and dropping a `Sleep` per
+        // iteration takes the timer wheel's lock twice). `armed` is the instant it is
+        // set to, `None` once it has fired (or before it is first set). It is re-armed
+        // only when the next deadline is earlier than `armed`; a later deadline leaves it
+        // armed, so it may fire early once: `on_timer` then finds nothing due and the
+        // next iteration re-arms it for the real deadline.
+        let mut timer = Box::pin(tokio::time::sleep_until(Instant::now()));
+        let mut armed: Option<Instant> = None;
         loop {
-            let deadline = self.next_deadline();
+            if let Some(deadline) = self.next_deadline()
+                && armed.is_none_or(|a| deadline < a)
+            {
+                timer.as_mut().reset(deadline);
+                armed = Some(deadline);
+            }
             let wake = tokio::select! {
                 c = self.cmd_rx.recv() => Wake::Cmd(c),
                 m = next_ws(&mut self.stream) => Wake::Ws(m),
                 d = poll_dial(&mut self.dial) => Wake::Dialed(d.map(Box::new)),
                 (seq, r) = poll_hook(&mut self.hook) => Wake::Hook(seq, r),
-                _ = sleep_opt(deadline) => Wake::Timer,
+                () = timer.as_mut(), if armed.is_some() => Wake::Timer,
             };
-            match wake {
-                Wake::Cmd(Some(c)) => self.on_command(c),
-                Wake::Cmd(None) => {
-                    tracing::debug!("every handle was dropped; closing the client");
-                    self.terminate();
-                }
-                Wake::Ws(m) => self.on_ws(m),
-                Wake::Dialed(r) => {
-                    self.dial = None;
-                    self.dial_deadline = None;
-                    match r {
-                        Ok(ws) => self.on_ws_open(*ws).await,
-                        Err(e) => {
-                            tracing::debug!(error = %e, url = self.dialer.url(), "WebSocket connection failed");
-                            self.last_dial_error = Some(e);
-                            self.close_connection(CloseCode::ABNORMAL, None, false);
-                        }
-                    }
-                }
-                Wake::Hook(seq, r) => {
-                    self.hook = None;
-                    self.on_hook_result(seq, r);
-                }
-                Wake::Timer => self.on_timer(),
+            if matches!(wake, Wake::Timer) {
+                armed = None;
             }
+            self.on_wake(wake).await;
+            self.drain_ready().await;
             self.flush_out().await;
             self.run_store_ops().await;
             if self.terminated {
@@ -440,6 +430,89 @@ impl Connection {
             let _ = w.send(());
         }
         tracing::debug!("connection task finished");
+    }
+
+    async fn on_wake(&mut self, wake: Wake) {
+        match wake {
+            Wake::Cmd(Some(c)) => self.on_command(c),
+            Wake::Cmd(None) => {
+                tracing::debug!("every handle was dropped; closing the client");
+                self.terminate();
+            }
+            Wake::Ws(m) => self.on_ws(m),
+            Wake::Dialed(r) => {
+                self.dial = None;
+                self.dial_deadline = None;
+                match r {
+                    Ok(ws) => self.on_ws_open(*ws).await,
+                    Err(e) => {
+                        tracing::debug!(error = %e, url = self.dialer.url(), "WebSocket connection failed");
+                        self.last_dial_error = Some(e);
+                        self.close_connection(CloseCode::ABNORMAL, None, false);
+                    }
+                }
+            }
+            Wake::Hook(seq, r) => {
+                self.hook = None;
+                self.on_hook_result(seq, r);
+            }
+            Wake::Timer => self.on_timer(),
+        }
+    }
+
+    /// Handle up to [`DRAIN_BUDGET`] further commands and inbound messages that are ready
+    /// right now (alternating between the two; each source in its own order), so that
+    /// their frames go out with one flush. Stops before anything that must be awaited
+    /// between two items: pending token-store operations, or the end of the task. A
+    /// closed command channel is left to the next `select!`. Before an item that closes
+    /// the connection (a close/disconnect/reconnect command, an inbound close frame,
+    /// error or end of stream), the frames written so far are flushed by this task, as
+    /// they were before batching (the close itself hands only later frames to the
+    /// background task that writes the close frame, which may not finish if the
+    /// process exits right after `Client::close`).
+    async fn drain_ready(&mut self) {
+        let mut budget = DRAIN_BUDGET;
+        let mut cmds_open = true;
+        while budget > 0 {
+            let mut progressed = false;
+            if cmds_open && self.can_drain() {
+                match self.cmd_rx.try_recv() {
+                    Ok(c) => {
+                        if matches!(
+                            c,
+                            Command::Close { .. }
+                                | Command::Disconnect { .. }
+                                | Command::Reconnect { .. }
+                        ) {
+                            self.flush_out().await;
+                        }
+                        self.on_command(c);
+                        budget -= 1;
+                        progressed = true;
+                    }
+                    Err(_) => cmds_open = false,
+                }
+            }
+            if budget > 0
+                && self.can_drain()
+                && let Some(stream) = self.stream.as_mut()
+                && let Some(m) = stream.next().now_or_never()
+            {
+                if !matches!(m, Some(Ok(WsMessage::Text(_) | WsMessage::Binary(_)))) {
+                    self.flush_out().await;
+                }
+                self.on_ws(m);
+                budget -= 1;
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn can_drain(&self) -> bool {
+        !self.terminated && self.store_ops.is_empty()
     }
 
     // ---------------------------------------------------------------- plumbing

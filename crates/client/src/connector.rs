@@ -6,6 +6,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::auth::BoxFuture;
@@ -23,6 +24,24 @@ pub(crate) type TransportFactory =
     Arc<dyn Fn() -> BoxFuture<'static, std::io::Result<BoxedIo>> + Send + Sync>;
 
 pub(crate) type WsStream = WebSocketStream<MaybeTlsStream<BoxedIo>>;
+
+/// Read buffer of each WebSocket (tungstenite's default is 128 KiB, zero-filled before
+/// every read; SocketCluster frames are small, so 8 KiB reads cost less CPU and memory).
+const READ_BUFFER_SIZE: usize = 8 * 1024;
+/// Frames are buffered up to this many bytes before being written to the socket (every
+/// loop iteration of the connection task flushes anyway).
+const WRITE_BUFFER_SIZE: usize = 8 * 1024;
+
+/// The WebSocket configuration of every connection: small buffers, an unbounded write
+/// buffer limit (`max_write_buffer_size` must exceed `write_buffer_size` plus the
+/// largest message, otherwise big writes fail with `WriteBufferFull`), and tungstenite's
+/// default incoming size limits (64 MiB per message, 16 MiB per frame).
+pub(crate) fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_SIZE)
+        .write_buffer_size(WRITE_BUFFER_SIZE)
+        .max_write_buffer_size(usize::MAX)
+}
 
 /// Everything needed to open a WebSocket, validated once when the client is built.
 #[derive(Clone)]
@@ -151,10 +170,14 @@ impl Dialer {
                 Box::new(tcp)
             }
         };
-        let (ws, _response) =
-            tokio_tungstenite::client_async_tls_with_config(request, io, None, Some(connector))
-                .await
-                .map_err(|e| e.to_string())?;
+        let (ws, _response) = tokio_tungstenite::client_async_tls_with_config(
+            request,
+            io,
+            Some(ws_config()),
+            Some(connector),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         Ok(ws)
     }
 }
@@ -184,6 +207,17 @@ mod tests {
         );
         assert!(build_url(&ClientOptions::new("ftp://x")).is_err());
         assert!(build_url(&ClientOptions::new("not a url")).is_err());
+    }
+
+    #[test]
+    fn websocket_buffers_are_small_and_writes_unbounded() {
+        let c = ws_config();
+        assert_eq!(c.read_buffer_size, 8 * 1024);
+        assert_eq!(c.write_buffer_size, 8 * 1024);
+        assert_eq!(c.max_write_buffer_size, usize::MAX);
+        let d = WebSocketConfig::default();
+        assert_eq!(c.max_message_size, d.max_message_size);
+        assert_eq!(c.max_frame_size, d.max_frame_size);
     }
 
     #[test]
