@@ -5,7 +5,6 @@
 //! packages `redis-server` and `nats-server`) and fail, never skip, when those are missing.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,60 +14,26 @@ use sc_test_support::backplane::{BackplaneServer, NatsServer, RedisServer};
 use sc_test_support::{JsClient, free_port};
 use serde_json::{Value, json};
 use socketcluster_client::Client;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_socketcluster");
+mod common;
+
+use common::Serve;
+
 const API_KEY: &str = "k";
 
-struct Serve {
-    child: Child,
-    port: u16,
-}
-
-impl Serve {
-    async fn start(broker: &str, port: u16) -> Serve {
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--broker",
-                broker,
-            ])
-            .args(["--http-api-key", API_KEY])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn serve");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let port = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(i) = line.find("addr=127.0.0.1:") {
-                    let digits: String = line[i + 15..]
-                        .chars()
-                        .take_while(char::is_ascii_digit)
-                        .collect();
-                    return digits.parse::<u16>().unwrap();
-                }
-            }
-            panic!("serve exited before listening");
-        })
-        .await
-        .expect("listening within 30 s");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Serve { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/socketcluster/", self.port)
-    }
+/// `socketcluster serve` on `port` (0: a free one) with `broker` and the HTTP API.
+async fn serve(broker: &str, port: u16) -> Serve {
+    Serve::start(&[
+        "--port",
+        &port.to_string(),
+        "--broker",
+        broker,
+        "--http-api-key",
+        API_KEY,
+    ])
+    .await
 }
 
 async fn http_post(port: u16, path: &str, body: &Value) -> (u16, String) {
@@ -146,9 +111,9 @@ fn check_exactly_once_in_order(got: &[(String, u64)], publishers: &[&str], per: 
 
 async fn three_instances_share_channels(backplane: &impl BackplaneServer) {
     let url = backplane.url();
-    let a = Serve::start(&url, 0).await;
-    let b = Serve::start(&url, 0).await;
-    let c = Serve::start(&url, 0).await;
+    let a = serve(&url, 0).await;
+    let b = serve(&url, 0).await;
+    let c = serve(&url, 0).await;
     const PER: u64 = 25;
     // JS subscribers on A and B, Rust subscribers on B and C.
     let js_steps = |n: u64| {
@@ -243,8 +208,8 @@ async fn three_instances_share_channels_over_nats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_channel_names_route_exactly_over_nats() {
     let nats = NatsServer::start();
-    let a = Serve::start(&nats.url(), 0).await;
-    let b = Serve::start(&nats.url(), 0).await;
+    let a = serve(&nats.url(), 0).await;
+    let b = serve(&nats.url(), 0).await;
     let names = [
         "a.b",
         "a.*",
@@ -315,9 +280,9 @@ async fn load_balancer(backends: Vec<u16>) -> u16 {
 async fn clients_of_a_killed_instance_move_to_another_and_resubscribe() {
     let redis = RedisServer::start();
     let (pa, pb) = (free_port(), free_port());
-    let mut a = Serve::start(&redis.url(), pa).await;
-    let b = Serve::start(&redis.url(), pb).await;
-    let c = Serve::start(&redis.url(), 0).await;
+    let mut a = serve(&redis.url(), pa).await;
+    let b = serve(&redis.url(), pb).await;
+    let c = serve(&redis.url(), 0).await;
     let lb = load_balancer(vec![pa, pb]).await;
     let lb_url = format!("ws://127.0.0.1:{lb}/socketcluster/");
     // both clients land on A through the balancer
@@ -429,8 +394,8 @@ async fn wait_backplane(port: u16, state: &str) {
 async fn a_backplane_restart_is_reported_and_recovered_without_client_disconnects() {
     let redis_port = free_port();
     let redis = RedisServer::start_on(redis_port);
-    let a = Serve::start(&redis.url(), 0).await;
-    let b = Serve::start(&redis.url(), 0).await;
+    let a = serve(&redis.url(), 0).await;
+    let b = serve(&redis.url(), 0).await;
     let ca = rust_client(a.url()).await;
     let cb = rust_client(b.url()).await;
     let mut sa = ca.subscribe("live").await.unwrap();
