@@ -14,7 +14,6 @@ use sc_test_support::backplane::{BackplaneServer, NatsServer, RedisServer};
 use sc_test_support::{JsClient, free_port};
 use serde_json::{Value, json};
 use socketcluster_client::Client;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
@@ -37,26 +36,7 @@ async fn serve(broker: &str, port: u16) -> Serve {
 }
 
 async fn http_post(port: u16, path: &str, body: &Value) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let body = body.to_string();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        out.split_once("\r\n\r\n")
-            .map(|x| x.1.to_owned())
-            .unwrap_or_default(),
-    )
+    common::http(port, "POST", path, Some(API_KEY), Some(&body.to_string())).await
 }
 
 async fn rust_client(url: String) -> Client {
@@ -359,20 +339,7 @@ async fn clients_of_a_killed_instance_move_to_another_and_resubscribe() {
 }
 
 async fn http_get(port: u16, path: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_owned())
-        .unwrap_or_default();
+    let (status, body) = common::http(port, "GET", path, None, None).await;
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
