@@ -2,8 +2,11 @@
 //!
 //! A procedure answers a [`Request`] with [`Request::respond`], [`Request::end`] or
 //! [`Request::error`]; a request dropped without an answer sends nothing (the caller
-//! times out, like JS). Handlers run concurrently (one tokio task per request), so
-//! answers may go out in any order; inbound processing itself stays strictly ordered.
+//! times out, like JS). Handlers run concurrently, so answers may go out in any order;
+//! inbound processing itself stays strictly ordered. A handler is first polled inside
+//! the socket's task; only if it has to wait (it returned `Pending`) is it spawned as a
+//! tokio task of its own. A handler that answers without awaiting therefore costs no
+//! task, and must not block the thread (as in any async code).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -15,7 +15,7 @@ use serde_json::Value;
 use socketcluster_protocol::{ErrorObject, WireError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -131,15 +131,12 @@ impl ServerInner {
         let Some(this) = self.self_ref.get().and_then(std::sync::Weak::upgrade) else {
             return;
         };
-        let (outbox, out_rx) = Outbox::new(self.config.limits.max_outbound_queue_bytes);
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (closed, _) = watch::channel(None);
+        let outbox = Outbox::new(self.config.limits.max_outbound_queue_bytes);
         let shared = Arc::new(SocketShared {
             key: self.next_key(),
             id: Arc::from(generate_socket_id()),
             request,
             outbox,
-            cmd_tx,
             view: Mutex::new(View {
                 state: SocketState::Connecting,
                 auth: None,
@@ -147,7 +144,8 @@ impl ServerInner {
                 channel_seq: 0,
             }),
             outbound_mw: OnceLock::new(),
-            closed,
+            closed: OnceLock::new(),
+            closed_notify: tokio::sync::Notify::new(),
             ack_timeout: self.config.ack_timeout,
             server: Arc::downgrade(&this),
             app_batching: std::sync::atomic::AtomicBool::new(false),
@@ -164,7 +162,7 @@ impl ServerInner {
         }
         self.pending.fetch_add(1, Ordering::Relaxed);
         self.live.fetch_add(1, Ordering::AcqRel);
-        let task = SocketTask::new(this.clone(), shared.clone(), cmd_rx, ws, out_rx);
+        let task = SocketTask::new(this.clone(), shared.clone(), ws);
         self.emit(ServerEvent::Handshake {
             socket: Socket { shared },
         });
@@ -237,8 +235,13 @@ impl Server {
         }
         let auth = AuthEngine::new(&config.auth)?;
         let limits = &config.limits;
+        // Per-socket buffers are set consciously (tungstenite's defaults are 128 KiB
+        // each): the read buffer is what every idle socket keeps (a larger frame gets
+        // its full length reserved anyway), 1 KiB holds ~10 typical packets per read;
+        // the write buffer is only a batching threshold (it grows as needed and is
+        // written out once it passes 8 KiB).
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(4096)
+            .read_buffer_size(1024)
             .write_buffer_size(8192)
             .max_write_buffer_size(usize::MAX)
             .max_message_size(Some(limits.max_payload))

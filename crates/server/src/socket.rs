@@ -1,17 +1,18 @@
 //! The server-side socket: a cheap `Clone` handle ([`Socket`]) to one connection whose
 //! state is owned by its own task (see `task.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
 use socketcluster_protocol::RawValue;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::auth::{Claims, DeauthenticateOptions, SignOptions};
@@ -48,39 +49,67 @@ pub(crate) enum Out {
     Close(u16, String),
 }
 
-/// The writer queue of one socket, bounded in bytes.
+/// The queues behind one lock (see [`Outbox`]).
+#[derive(Default)]
+struct Queues {
+    /// Frames for the socket task to write, in order.
+    out: VecDeque<Out>,
+    /// Commands from handles, in order.
+    cmds: VecDeque<Cmd>,
+    /// Buffered packet texts while batching (their queue space is already reserved).
+    batch: Vec<Utf8Bytes>,
+    /// The socket task's waker, registered when it found nothing to do.
+    waker: Option<Waker>,
+    /// The socket task's waker while it waits for the socket to become writable: woken
+    /// only by commands and the overflow alarm (new frames cannot be written anyway).
+    alarm: Option<Waker>,
+    /// The task no longer takes commands (it is closing).
+    cmds_closed: bool,
+    /// The task has ended: nothing is accepted.
+    closed: bool,
+}
+
+/// The socket task's mailbox: outbound frames (bounded in bytes) and commands from
+/// handles, behind one uncontended lock.
+///
+/// Unlike a channel it holds no memory while empty (an idle socket pays for a lock, a
+/// few pointers and counters, not for pre-allocated channel blocks), and the task
+/// takes everything queued in one lock acquisition.
 pub(crate) struct Outbox {
-    tx: mpsc::UnboundedSender<Out>,
+    q: Mutex<Queues>,
     queued: AtomicUsize,
     limit: usize,
     overflowed: AtomicBool,
-    pub(crate) alarm: Notify,
     /// Packets are being buffered into `batch` (PROTOCOL.md 8.5; JS `isBufferingBatch`).
     buffering: AtomicBool,
-    /// Buffered packet texts (their queue space is already reserved). The lock also
-    /// orders direct sends against flushes while buffering is being switched.
-    batch: Mutex<Vec<Utf8Bytes>>,
 }
 
 impl Outbox {
-    pub(crate) fn new(limit: usize) -> (Outbox, mpsc::UnboundedReceiver<Out>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (
-            Outbox {
-                tx,
-                queued: AtomicUsize::new(0),
-                limit,
-                overflowed: AtomicBool::new(false),
-                alarm: Notify::new(),
-                buffering: AtomicBool::new(false),
-                batch: Mutex::new(Vec::new()),
-            },
-            rx,
-        )
+    pub(crate) fn new(limit: usize) -> Outbox {
+        Outbox {
+            q: Mutex::new(Queues::default()),
+            queued: AtomicUsize::new(0),
+            limit,
+            overflowed: AtomicBool::new(false),
+            buffering: AtomicBool::new(false),
+        }
     }
 
-    /// Reserve queue space for `cost` bytes; trips the overflow alarm when the limit is
-    /// exceeded (one frame is always accepted into an empty queue).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.q.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wake the socket task (outside the lock).
+    fn wake(mut q: std::sync::MutexGuard<'_, Queues>) {
+        let waker = q.waker.take();
+        drop(q);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Reserve queue space for `cost` bytes; trips the overflow alarm (wakes the task)
+    /// when the limit is exceeded (one frame is always accepted into an empty queue).
     pub(crate) fn reserve(&self, cost: usize) -> bool {
         if self.overflowed.load(Ordering::Relaxed) {
             return false;
@@ -89,7 +118,12 @@ impl Outbox {
         if prev > 0 && prev + cost > self.limit {
             self.queued.fetch_sub(cost, Ordering::Relaxed);
             if !self.overflowed.swap(true, Ordering::Relaxed) {
-                self.alarm.notify_one();
+                let mut q = self.lock();
+                let alarm = q.alarm.take();
+                Self::wake(q);
+                if let Some(w) = alarm {
+                    w.wake();
+                }
             }
             return false;
         }
@@ -98,6 +132,16 @@ impl Outbox {
 
     pub(crate) fn release(&self, cost: usize) {
         self.queued.fetch_sub(cost, Ordering::Relaxed);
+    }
+
+    /// Append a frame under the lock; false once the task has ended.
+    fn enqueue(&self, mut q: std::sync::MutexGuard<'_, Queues>, out: Out) -> bool {
+        if q.closed {
+            return false;
+        }
+        q.out.push_back(out);
+        Self::wake(q);
+        true
     }
 
     /// Queue an encoded packet: appended to the batch while buffering, else sent as
@@ -110,14 +154,14 @@ impl Outbox {
         if !self.reserve(cost) {
             return false;
         }
-        let mut batch = self.lock_batch();
+        let mut q = self.lock();
         if self.buffering.load(Ordering::Acquire) {
-            batch.push(text);
+            q.batch.push(text);
             return true;
         }
         // Buffering stopped meanwhile: send directly, still under the lock so the
         // frame follows the flushed batch.
-        if self.tx.send(Out::Text(text)).is_err() {
+        if !self.enqueue(q, Out::Text(text)) {
             self.release(cost);
             return false;
         }
@@ -130,7 +174,7 @@ impl Outbox {
         if !self.reserve(cost) {
             return false;
         }
-        if self.tx.send(Out::Text(text)).is_err() {
+        if !self.enqueue(self.lock(), Out::Text(text)) {
             self.release(cost);
             return false;
         }
@@ -141,16 +185,100 @@ impl Outbox {
     /// first (the JS server discards them; see the crate docs).
     pub(crate) fn push_close(&self, code: u16, reason: &str) {
         self.flush_batch(false);
-        let _ = self.tx.send(Out::Close(code, reason.to_owned()));
+        self.enqueue(self.lock(), Out::Close(code, reason.to_owned()));
     }
 
-    fn lock_batch(&self) -> std::sync::MutexGuard<'_, Vec<Utf8Bytes>> {
-        self.batch.lock().unwrap_or_else(|e| e.into_inner())
+    /// Queue a command for the socket task; false when the task no longer takes any.
+    pub(crate) fn push_cmd(&self, cmd: Cmd) -> bool {
+        let mut q = self.lock();
+        if q.cmds_closed {
+            return false;
+        }
+        q.cmds.push_back(cmd);
+        let alarm = q.alarm.take();
+        Self::wake(q);
+        if let Some(w) = alarm {
+            w.wake();
+        }
+        true
+    }
+
+    /// Move everything queued into the task's own queues in one lock acquisition.
+    /// When nothing was queued, registers the task's waker and returns false.
+    pub(crate) fn take(
+        &self,
+        cx: &Context<'_>,
+        out: &mut VecDeque<Out>,
+        cmds: &mut VecDeque<Cmd>,
+    ) -> bool {
+        let mut q = self.lock();
+        if q.out.is_empty() && q.cmds.is_empty() {
+            if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                q.waker = Some(cx.waker().clone());
+            }
+            return false;
+        }
+        // Swapping keeps both deques' capacity in use: no allocation in steady state.
+        if out.is_empty() {
+            std::mem::swap(out, &mut q.out);
+        } else {
+            out.append(&mut q.out);
+        }
+        if !q.cmds.is_empty() {
+            cmds.append(&mut q.cmds);
+        }
+        true
+    }
+
+    /// While the socket is not writable: take queued commands, or register the task's
+    /// waker for commands and the overflow alarm only (see [`Queues::alarm`]).
+    pub(crate) fn take_cmds_or_register(&self, cx: &Context<'_>, cmds: &mut VecDeque<Cmd>) {
+        let mut q = self.lock();
+        if !q.cmds.is_empty() {
+            cmds.append(&mut q.cmds);
+        } else if !q.alarm.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            q.alarm = Some(cx.waker().clone());
+        }
+    }
+
+    /// Free the queue's spare capacity when it is empty (an idle socket keeps none).
+    pub(crate) fn trim(&self) {
+        let mut q = self.lock();
+        if q.out.is_empty() && q.out.capacity() > 0 {
+            q.out = VecDeque::new();
+        }
+        if q.cmds.is_empty() && q.cmds.capacity() > 0 {
+            q.cmds = VecDeque::new();
+        }
+    }
+
+    /// The task stops taking commands: queued ones are dropped (their callers see the
+    /// socket closed) and new ones refused.
+    pub(crate) fn close_cmds(&self) {
+        let mut q = self.lock();
+        q.cmds_closed = true;
+        let cmds = std::mem::take(&mut q.cmds);
+        drop(q);
+        drop(cmds);
+    }
+
+    /// The task has ended: everything queued is dropped and nothing more accepted.
+    pub(crate) fn shut(&self) {
+        let mut q = self.lock();
+        q.cmds_closed = true;
+        q.closed = true;
+        let out = std::mem::take(&mut q.out);
+        let cmds = std::mem::take(&mut q.cmds);
+        let batch = std::mem::take(&mut q.batch);
+        q.waker = None;
+        q.alarm = None;
+        drop(q);
+        drop((out, cmds, batch));
     }
 
     /// Start buffering packets (JS `startBatch`). Idempotent.
     pub(crate) fn start_buffering(&self) {
-        let _batch = self.lock_batch();
+        let _q = self.lock();
         self.buffering.store(true, Ordering::Release);
     }
 
@@ -162,41 +290,42 @@ impl Outbox {
     /// Send the buffered packets as one JSON array frame (nothing when empty) and keep
     /// buffering or stop (JS `flushBatch`).
     pub(crate) fn flush_batch(&self, keep_buffering: bool) {
-        let mut batch = self.lock_batch();
-        let items = std::mem::take(&mut *batch);
-        if !items.is_empty() {
-            let reserved: usize = items.iter().map(|t| t.len() + FRAME_OVERHEAD).sum();
-            let mut frame = String::with_capacity(reserved);
-            frame.push('[');
-            for (i, t) in items.iter().enumerate() {
-                if i > 0 {
-                    frame.push(',');
-                }
-                frame.push_str(t.as_str());
-            }
-            frame.push(']');
-            // Trade the items' reservations for the frame's (never refused: the
-            // content was already admitted).
-            let cost = frame.len() + FRAME_OVERHEAD;
-            if cost > reserved {
-                self.queued.fetch_add(cost - reserved, Ordering::Relaxed);
-            } else {
-                self.release(reserved - cost);
-            }
-            if self.tx.send(Out::Text(Utf8Bytes::from(frame))).is_err() {
-                self.release(cost);
-            }
-        }
+        let mut q = self.lock();
         if !keep_buffering {
             self.buffering.store(false, Ordering::Release);
+        }
+        let items = std::mem::take(&mut q.batch);
+        if items.is_empty() {
+            return;
+        }
+        let reserved: usize = items.iter().map(|t| t.len() + FRAME_OVERHEAD).sum();
+        let mut frame = String::with_capacity(reserved);
+        frame.push('[');
+        for (i, t) in items.iter().enumerate() {
+            if i > 0 {
+                frame.push(',');
+            }
+            frame.push_str(t.as_str());
+        }
+        frame.push(']');
+        // Trade the items' reservations for the frame's (never refused: the content
+        // was already admitted).
+        let cost = frame.len() + FRAME_OVERHEAD;
+        if cost > reserved {
+            self.queued.fetch_add(cost - reserved, Ordering::Relaxed);
+        } else {
+            self.release(reserved - cost);
+        }
+        if !self.enqueue(q, Out::Text(Utf8Bytes::from(frame))) {
+            self.release(cost);
         }
     }
 
     /// Drop the buffered packets and stop buffering (JS `cancelBatch`).
     pub(crate) fn cancel_batch(&self) {
-        let mut batch = self.lock_batch();
-        let dropped: usize = batch.iter().map(|t| t.len() + FRAME_OVERHEAD).sum();
-        batch.clear();
+        let mut q = self.lock();
+        let dropped: usize = q.batch.iter().map(|t| t.len() + FRAME_OVERHEAD).sum();
+        q.batch = Vec::new();
         self.release(dropped);
         self.buffering.store(false, Ordering::Release);
     }
@@ -277,11 +406,13 @@ pub(crate) struct SocketShared {
     pub(crate) key: u64,
     pub(crate) id: Arc<str>,
     pub(crate) request: Arc<HandshakeRequest>,
+    /// Outbound frames and commands for the socket task.
     pub(crate) outbox: Outbox,
-    pub(crate) cmd_tx: mpsc::UnboundedSender<Cmd>,
     pub(crate) view: Mutex<View>,
     pub(crate) outbound_mw: OnceLock<mpsc::UnboundedSender<Arc<Publication>>>,
-    pub(crate) closed: watch::Sender<Option<CloseInfo>>,
+    /// Set once when the socket task ends; `closed_notify` wakes the waiters.
+    pub(crate) closed: OnceLock<CloseInfo>,
+    pub(crate) closed_notify: Notify,
     pub(crate) ack_timeout: Duration,
     pub(crate) server: std::sync::Weak<ServerInner>,
     /// The application started batching (JS `isBatching`): the handshake batching
@@ -303,6 +434,26 @@ impl SocketShared {
             }
         } else {
             self.outbox.push(p.frame_bytes());
+        }
+    }
+
+    /// Record how the socket closed and wake everyone waiting for it (once).
+    pub(crate) fn set_closed(&self, info: CloseInfo) {
+        let _ = self.closed.set(info);
+        self.closed_notify.notify_waiters();
+    }
+
+    /// Wait until the socket task has ended.
+    pub(crate) async fn wait_closed(&self) -> &CloseInfo {
+        loop {
+            let notified = self.closed_notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a `set_closed` in between is not missed.
+            notified.as_mut().enable();
+            if let Some(info) = self.closed.get() {
+                return info;
+            }
+            notified.await;
         }
     }
 
@@ -410,7 +561,7 @@ impl Socket {
     }
 
     fn cmd(&self, cmd: Cmd) -> bool {
-        self.shared.cmd_tx.send(cmd).is_ok()
+        self.shared.outbox.push_cmd(cmd)
     }
 
     /// Transmit an event to the client (`{"event":E,"data":D}`). Fails when the socket
@@ -687,16 +838,6 @@ impl Socket {
 
     /// Wait until the socket is closed.
     pub async fn closed(&self) -> CloseInfo {
-        let mut rx = self.shared.closed.subscribe();
-        match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or(CloseInfo {
-                code: 1006,
-                reason: String::new(),
-            }),
-            Err(_) => CloseInfo {
-                code: 1006,
-                reason: String::new(),
-            },
-        }
+        self.shared.wait_closed().await.clone()
     }
 }

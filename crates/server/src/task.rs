@@ -8,10 +8,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,7 +45,7 @@ use crate::middleware::{
     Block, HandshakeAction, InboundAction, InboundKind, InboundRawAction, PublishOutAction,
     run_handshake, run_inbound, run_inbound_raw, run_outbound, snapshot,
 };
-use crate::rpc::{ReceivedEvent, Request};
+use crate::rpc::{HandlerFuture, ReceivedEvent, Request};
 use crate::server::{Io, ServerInner};
 use crate::socket::{
     AuthInfo, CloseInfo, Cmd, FRAME_OVERHEAD, Out, Socket, SocketShared, SocketState,
@@ -54,8 +55,6 @@ pub(crate) type Ws = WebSocketStream<Box<dyn Io>>;
 type StepFuture = Pin<Box<dyn Future<Output = Resume> + Send + 'static>>;
 type InvokeReply = oneshot::Sender<Result<Option<Box<RawValue>>, InvokeError>>;
 
-/// Far-future delay for disarmed timers (re-armed with `reset`).
-const FAR: Duration = Duration::from_secs(86400 * 365);
 /// Longest single sleep of the expiry timer (re-checked when it fires).
 const MAX_EXPIRY_SLEEP: Duration = Duration::from_secs(86400);
 
@@ -140,8 +139,10 @@ impl Future for StepPoll<'_> {
 /// Write-side state of the socket's WebSocket (driven by [`IoPoll`]).
 #[derive(Default)]
 struct WriteState {
-    /// A frame taken from the outbox, waiting for the sink to be ready.
-    pending: Option<Out>,
+    /// Frames taken from the outbox, not yet handed to the WebSocket.
+    out: VecDeque<Out>,
+    /// Commands taken from the outbox, not yet handed to the task.
+    cmds: VecDeque<Cmd>,
     /// Frames were written since the last flush.
     dirty: bool,
     /// Our close frame was written: nothing more is sent.
@@ -150,6 +151,9 @@ struct WriteState {
 
 enum IoEvent {
     Inbound(Option<Result<Message, WsError>>),
+    Cmds(VecDeque<Cmd>),
+    /// The outbound queue limit was exceeded (slow consumer).
+    Overflow,
     WriteFailed,
 }
 
@@ -158,7 +162,6 @@ enum IoEvent {
 /// WebSocket, so a blocked write can never starve reads of wakeups.
 struct IoPoll<'a> {
     ws: &'a mut Ws,
-    rx: &'a mut mpsc::UnboundedReceiver<Out>,
     w: &'a mut WriteState,
     can_read: bool,
     shared: &'a SocketShared,
@@ -173,18 +176,28 @@ impl Future for IoPoll<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<IoEvent> {
         let this = &mut *self;
         let mut written = 0usize;
+        let mut sent_texts = 0u64;
+        let mut sent_bytes = 0usize;
         let mut blocked = false;
+        let outbox = &this.shared.outbox;
+        if outbox.is_overflowed() {
+            return Poll::Ready(IoEvent::Overflow);
+        }
+        // Whether the outbox will wake us for new frames or commands.
+        let mut registered = false;
         while !this.w.close_sent {
-            if this.w.pending.is_none() {
-                if written >= WRITE_BATCH {
-                    // More may be queued: come back after reading.
-                    cx.waker().wake_by_ref();
-                    break;
-                }
-                match this.rx.poll_recv(cx) {
-                    Poll::Ready(Some(out)) => this.w.pending = Some(out),
-                    _ => break,
-                }
+            if this.w.out.is_empty() && !outbox.take(cx, &mut this.w.out, &mut this.w.cmds) {
+                registered = true;
+                break;
+            }
+            if this.w.out.is_empty() {
+                // Only commands arrived.
+                break;
+            }
+            if written >= WRITE_BATCH {
+                // More is queued: come back after reading.
+                cx.waker().wake_by_ref();
+                break;
             }
             match Pin::new(&mut *this.ws).poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
@@ -194,14 +207,13 @@ impl Future for IoPoll<'_> {
                     break;
                 }
             }
-            let out = this.w.pending.take().expect("checked above");
+            let Some(out) = this.w.out.pop_front() else {
+                break;
+            };
             let msg = match out {
                 Out::Text(t) => {
-                    let stats = &this.server.stats;
-                    stats.messages_sent.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .bytes_sent
-                        .fetch_add(t.len() as u64, Ordering::Relaxed);
+                    sent_texts += 1;
+                    sent_bytes += t.len();
                     this.shared.outbox.release(t.len() + FRAME_OVERHEAD);
                     Message::Text(t)
                 }
@@ -219,12 +231,28 @@ impl Future for IoPoll<'_> {
             this.w.dirty = true;
             written += 1;
         }
+        if sent_texts > 0 {
+            // Process-wide counters: once per batch, not per frame (contended atomics).
+            let stats = &this.server.stats;
+            stats.messages_sent.fetch_add(sent_texts, Ordering::Relaxed);
+            stats
+                .bytes_sent
+                .fetch_add(sent_bytes as u64, Ordering::Relaxed);
+        }
         if this.w.dirty && !blocked {
             match Pin::new(&mut *this.ws).poll_flush(cx) {
                 Poll::Ready(Ok(())) => this.w.dirty = false,
                 Poll::Ready(Err(_)) => return Poll::Ready(IoEvent::WriteFailed),
                 Poll::Pending => {}
             }
+        }
+        if blocked && !registered {
+            // Waiting for the socket to become writable: only commands and the
+            // overflow alarm must still reach us.
+            outbox.take_cmds_or_register(cx, &mut this.w.cmds);
+        }
+        if !this.w.cmds.is_empty() {
+            return Poll::Ready(IoEvent::Cmds(std::mem::take(&mut this.w.cmds)));
         }
         if this.can_read
             && let Poll::Ready(m) = Pin::new(&mut *this.ws).poll_next(cx)
@@ -238,11 +266,9 @@ impl Future for IoPoll<'_> {
 pub(crate) struct SocketTask {
     server: Arc<ServerInner>,
     ws: Ws,
-    out_rx: mpsc::UnboundedReceiver<Out>,
     wstate: WriteState,
     shared: Arc<SocketShared>,
     socket: Socket,
-    cmd_rx: mpsc::UnboundedReceiver<Cmd>,
     state: SocketState,
     auth: Option<AuthInfo>,
     cids: CidAllocator,
@@ -256,44 +282,81 @@ pub(crate) struct SocketTask {
     ping: Interval,
     pong_deadline: Pin<Box<Sleep>>,
     last_pong_reset: Instant,
-    handshake_pending: bool,
-    handshake_deadline: Pin<Box<Sleep>>,
-    expiry_armed: bool,
-    expiry: Pin<Box<Sleep>>,
+    /// Armed until the `#handshake` arrives.
+    handshake_deadline: Timer,
+    /// The token's expiry (when it has one and the expiry timer is on).
+    expiry: Timer,
     bucket: Option<Bucket>,
-    throttled: bool,
-    throttle: Pin<Box<Sleep>>,
-    /// The periodic batch flush runs (PROTOCOL.md 8.5).
-    batch_timer_on: bool,
-    batch_tick: Interval,
-    /// The `batch_on_handshake` window is open.
-    batch_window_armed: bool,
-    batch_window: Pin<Box<Sleep>>,
+    /// Reading pauses while armed (inbound rate limit).
+    throttle: Timer,
+    /// The periodic batch flush (PROTOCOL.md 8.5), while it runs.
+    batch_tick: Option<Interval>,
+    /// The `batch_on_handshake` window, while it is open.
+    batch_window: Timer,
+}
+
+/// A one-shot timer that holds no memory while disarmed (an idle socket keeps only the
+/// timers it needs).
+#[derive(Default)]
+struct Timer(Option<Pin<Box<Sleep>>>);
+
+impl Timer {
+    fn armed_at(at: Instant) -> Timer {
+        Timer(Some(Box::pin(tokio::time::sleep_until(at))))
+    }
+
+    fn arm(&mut self, at: Instant) {
+        match &mut self.0 {
+            Some(s) => s.as_mut().reset(at),
+            None => *self = Timer::armed_at(at),
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+
+    fn is_armed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Completes when the timer fires (never while disarmed), and disarms it.
+    fn fired(&mut self) -> TimerFired<'_> {
+        TimerFired(self)
+    }
+}
+
+struct TimerFired<'a>(&'a mut Timer);
+
+impl Future for TimerFired<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(s) = self.0.0.as_mut() else {
+            return Poll::Pending;
+        };
+        match s.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.0.disarm();
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl SocketTask {
-    pub(crate) fn new(
-        server: Arc<ServerInner>,
-        shared: Arc<SocketShared>,
-        cmd_rx: mpsc::UnboundedReceiver<Cmd>,
-        ws: Ws,
-        out_rx: mpsc::UnboundedReceiver<Out>,
-    ) -> Self {
+    pub(crate) fn new(server: Arc<ServerInner>, shared: Arc<SocketShared>, ws: Ws) -> Self {
         let cfg = &server.config;
         let now = Instant::now();
         let mut ping = tokio::time::interval_at(now + cfg.ping_interval, cfg.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut batch_tick = tokio::time::interval_at(now + cfg.batch_interval, cfg.batch_interval);
-        batch_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         SocketTask {
             ws,
-            out_rx,
             wstate: WriteState::default(),
             socket: Socket {
                 shared: shared.clone(),
             },
             shared,
-            cmd_rx,
             state: SocketState::Connecting,
             auth: None,
             cids: CidAllocator::new(),
@@ -307,17 +370,12 @@ impl SocketTask {
             ping,
             pong_deadline: Box::pin(tokio::time::sleep(cfg.ping_timeout)),
             last_pong_reset: now,
-            handshake_pending: true,
-            handshake_deadline: Box::pin(tokio::time::sleep(cfg.handshake_timeout)),
-            expiry_armed: false,
-            expiry: Box::pin(tokio::time::sleep(FAR)),
+            handshake_deadline: Timer::armed_at(now + cfg.handshake_timeout),
+            expiry: Timer::default(),
             bucket: cfg.limits.inbound_rate.map(Bucket::new),
-            throttled: false,
-            throttle: Box::pin(tokio::time::sleep(FAR)),
-            batch_timer_on: false,
-            batch_tick,
-            batch_window_armed: false,
-            batch_window: Box::pin(tokio::time::sleep(FAR)),
+            throttle: Timer::default(),
+            batch_tick: None,
+            batch_window: Timer::default(),
             server,
         }
     }
@@ -328,25 +386,28 @@ impl SocketTask {
             if self.closing.is_some() {
                 break;
             }
-            let can_read =
-                self.inbox.len() < self.server.config.limits.max_inbound_queue && !self.throttled;
+            let can_read = self.inbox.len() < self.server.config.limits.max_inbound_queue
+                && !self.throttle.is_armed();
             tokio::select! {
                 biased;
-                _ = self.shared.outbox.alarm.notified() => self.on_alarm(),
                 r = StepPoll(&mut self.step), if self.step.is_some() => {
                     self.step = None;
                     self.resume(r);
                 }
-                Some(cmd) = self.cmd_rx.recv() => self.on_cmd(cmd),
                 ev = IoPoll {
                     ws: &mut self.ws,
-                    rx: &mut self.out_rx,
                     w: &mut self.wstate,
                     can_read,
                     shared: &self.shared,
                     server: &self.server,
                 } => match ev {
                     IoEvent::Inbound(msg) => self.on_ws(msg),
+                    IoEvent::Cmds(cmds) => {
+                        for cmd in cmds {
+                            self.on_cmd(cmd);
+                        }
+                    }
+                    IoEvent::Overflow => self.on_overflow(),
                     IoEvent::WriteFailed => self.close_without_frame(1006, ""),
                 },
                 _ = self.ping.tick(), if self.ping_enabled => {
@@ -354,38 +415,55 @@ impl SocketTask {
                     self.shared
                         .outbox
                         .push_unbatched(Utf8Bytes::from_static(self.version.ping()));
+                    self.trim_idle_buffers();
                 }
-                _ = self.batch_tick.tick(), if self.batch_timer_on => {
+                _ = tick_opt(&mut self.batch_tick), if self.batch_tick.is_some() => {
                     self.shared.outbox.flush_batch(true);
                 }
-                _ = &mut self.batch_window, if self.batch_window_armed => {
+                _ = self.batch_window.fired(), if self.batch_window.is_armed() => {
                     self.on_batch_window_end();
                 }
                 _ = &mut self.pong_deadline, if self.ping_enabled => self.close(4001, ""),
-                _ = &mut self.handshake_deadline, if self.handshake_pending => self.close(4005, ""),
-                _ = &mut self.expiry, if self.expiry_armed => self.on_expiry_timer(),
-                _ = &mut self.throttle, if self.throttled => self.throttled = false,
+                _ = self.handshake_deadline.fired(), if self.handshake_deadline.is_armed() => {
+                    self.close(4005, "");
+                }
+                _ = self.expiry.fired(), if self.expiry.is_armed() => self.on_expiry_timer(),
+                _ = self.throttle.fired(), if self.throttle.is_armed() => {}
                 _ = self.server.shutdown.cancelled() => self.close(1001, "Server is shutting down"),
             }
         }
-        self.finish().await;
+        // Boxed: the closing sequence is large and runs once; kept out of line, it does
+        // not inflate every idle socket's task.
+        Box::pin(self.finish()).await;
     }
 
     // ---------------------------------------------------------------- I/O events
 
-    fn on_alarm(&mut self) {
-        if self.shared.outbox.is_overflowed() {
-            self.server
-                .stats
-                .slow_consumer_disconnects
-                .fetch_add(1, Ordering::Relaxed);
-            crate::metrics::slow_consumer_disconnect();
-            tracing::info!(
-                socket = %self.shared.id,
-                "slow consumer dropped: outbound queue limit exceeded"
-            );
-            self.close_without_frame(CLOSE_POLICY_VIOLATION, "Outbound queue limit exceeded");
+    /// Every ping interval: an idle socket gives back the queue capacity a burst left.
+    fn trim_idle_buffers(&mut self) {
+        if self.wstate.out.is_empty() && self.wstate.out.capacity() > 0 {
+            self.wstate.out = VecDeque::new();
         }
+        self.shared.outbox.trim();
+        if self.inbox.is_empty() && self.inbox.capacity() > 0 {
+            self.inbox = VecDeque::new();
+        }
+        if self.batch.is_empty() && self.batch.capacity() > 0 {
+            self.batch = VecDeque::new();
+        }
+    }
+
+    fn on_overflow(&mut self) {
+        self.server
+            .stats
+            .slow_consumer_disconnects
+            .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::slow_consumer_disconnect();
+        tracing::info!(
+            socket = %self.shared.id,
+            "slow consumer dropped: outbound queue limit exceeded"
+        );
+        self.close_without_frame(CLOSE_POLICY_VIOLATION, "Outbound queue limit exceeded");
     }
 
     fn on_ws(&mut self, msg: Option<Result<Message, WsError>>) {
@@ -446,8 +524,7 @@ impl SocketTask {
         if let Some(b) = &mut self.bucket
             && let Some(wait) = b.take()
         {
-            self.throttled = true;
-            self.throttle.as_mut().reset(Instant::now() + wait);
+            self.throttle.arm(Instant::now() + wait);
         }
     }
 
@@ -723,7 +800,7 @@ impl SocketTask {
             // socket is not counted twice.
             return self.authenticate_for_handshake(cid, outcome, true);
         }
-        self.handshake_pending = false;
+        self.handshake_deadline.disarm();
         let chain = snapshot(&self.server.middleware.handshake);
         if chain.is_empty() {
             return self.handshake_middleware_done(cid, outcome, Ok(()));
@@ -884,12 +961,10 @@ impl SocketTask {
         self.shared.outbox.start_buffering();
         self.set_batch_timer(true);
         let d = self.server.config.batch_on_handshake_duration;
-        self.batch_window.as_mut().reset(Instant::now() + d);
-        self.batch_window_armed = true;
+        self.batch_window.arm(Instant::now() + d);
     }
 
     fn on_batch_window_end(&mut self) {
-        self.batch_window_armed = false;
         if !self.shared.app_batching.load(Ordering::Acquire) {
             self.shared.outbox.flush_batch(false);
             self.set_batch_timer(false);
@@ -897,10 +972,14 @@ impl SocketTask {
     }
 
     fn set_batch_timer(&mut self, on: bool) {
-        if on && !self.batch_timer_on {
-            self.batch_tick.reset();
+        if !on {
+            self.batch_tick = None;
+        } else if self.batch_tick.is_none() {
+            let period = self.server.config.batch_interval;
+            let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            self.batch_tick = Some(tick);
         }
-        self.batch_timer_on = on;
     }
 
     fn start_outbound_pipeline(&mut self) {
@@ -914,12 +993,12 @@ impl SocketTask {
         }
         let server = self.server.clone();
         let socket = self.socket.clone();
-        let mut closed = self.shared.closed.subscribe();
+        let shared = self.shared.clone();
         tokio::spawn(async move {
             loop {
                 let p = tokio::select! {
                     p = rx.recv() => match p { Some(p) => p, None => break },
-                    _ = closed.wait_for(Option::is_some) => break,
+                    _ = shared.wait_closed() => break,
                 };
                 let outbox = &socket.shared.outbox;
                 outbox.release(p.frame().len() + FRAME_OVERHEAD);
@@ -1056,7 +1135,7 @@ impl SocketTask {
     fn clear_auth_quietly(&mut self) {
         self.auth = None;
         self.shared.view().auth = None;
-        self.expiry_armed = false;
+        self.expiry.disarm();
     }
 
     fn emit_auth_events(&mut self, was_auth: bool) {
@@ -1082,7 +1161,7 @@ impl SocketTask {
     fn deauthenticate(&mut self, notify: bool) {
         let old = self.auth.take();
         self.shared.view().auth = None;
-        self.expiry_armed = false;
+        self.expiry.disarm();
         self.deauthenticate_inner(notify, old.as_ref().map(|a| a.claims.clone()));
         if old.is_some() {
             self.on_auth_lost();
@@ -1156,15 +1235,14 @@ impl SocketTask {
                 let wait_ms = (exp * 1000.0 - now + 1.0).max(0.0);
                 let wait = Duration::from_millis(wait_ms.min(u64::MAX as f64) as u64)
                     .min(MAX_EXPIRY_SLEEP);
-                self.expiry.as_mut().reset(Instant::now() + wait);
-                self.expiry_armed = true;
+                self.expiry.arm(Instant::now() + wait);
             }
-            _ => self.expiry_armed = false,
+            _ => self.expiry.disarm(),
         }
     }
 
     fn on_expiry_timer(&mut self) {
-        self.expiry_armed = false;
+        self.expiry.disarm();
         if self.check_expiry().is_none()
             && let Some(info) = self.auth.clone()
         {
@@ -1485,7 +1563,7 @@ impl SocketTask {
                 match self.server.handlers.procedure(&procedure) {
                     Some(h) => {
                         let req = Request::new(self.socket.clone(), procedure, data, cid);
-                        tokio::spawn(h.call(req));
+                        run_handler(h.call(req));
                     }
                     None => {
                         if self.server.config.unhandled_procedure == UnhandledProcedure::Error {
@@ -1501,7 +1579,7 @@ impl SocketTask {
             (InboundKind::Transmit { receiver }, _) => {
                 if let Some(h) = self.server.handlers.receiver(&receiver) {
                     let ev = ReceivedEvent::new(self.socket.clone(), receiver, data);
-                    tokio::spawn(h.call(ev));
+                    run_handler(h.call(ev));
                 }
             }
             _ => {}
@@ -1702,15 +1780,19 @@ impl SocketTask {
             sent_frame: false,
             by_peer: false,
         });
+        // Commands sent from now on fail right away (queued ones are dropped: their
+        // callers see the socket closed).
+        self.shared.outbox.close_cmds();
+        self.wstate.cmds.clear();
         let prev = self.state;
         self.state = SocketState::Closed;
         self.shared.view().state = SocketState::Closed;
         self.step = None;
         let reason = CloseCode(closing.code).reported_reason(&closing.reason);
-        self.shared.closed.send_replace(Some(CloseInfo {
+        self.shared.set_closed(CloseInfo {
             code: closing.code,
             reason: reason.clone(),
-        }));
+        });
         for (_, (event, reply)) in self.pending.drain() {
             let _ = reply.send(Err(InvokeError::BadConnection(event)));
         }
@@ -1748,7 +1830,6 @@ impl SocketTask {
                 loop {
                     let ev = IoPoll {
                         ws: &mut self.ws,
-                        rx: &mut self.out_rx,
                         w: &mut self.wstate,
                         can_read: true,
                         shared: &self.shared,
@@ -1764,6 +1845,45 @@ impl SocketTask {
             .await;
         }
         self.server.socket_finished();
+    }
+}
+
+/// Run a handler: poll it once right here, in the socket task, and spawn it only if it
+/// has to wait. A handler that answers synchronously (the common case) costs no task,
+/// no scheduling and no cross-task wakeup, and the answers to every request read in one
+/// batch leave in one flush. A handler that awaits still runs concurrently with the
+/// socket (the spawned task polls it again with its own waker). A panic in the first
+/// poll is contained like a panic in a spawned task: logged, the request dropped.
+fn run_handler(mut fut: HandlerFuture) {
+    let mut cx = Context::from_waker(Waker::noop());
+    match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+        Ok(Poll::Ready(())) => {}
+        Ok(Poll::Pending) => {
+            tokio::spawn(fut);
+        }
+        Err(_) => tracing::error!("a procedure or receiver handler panicked"),
+    }
+}
+
+impl Drop for SocketTask {
+    fn drop(&mut self) {
+        // However the task ends (also when its runtime shuts down): nothing more is
+        // accepted, and `Socket::closed` waiters are released.
+        self.shared.outbox.shut();
+        self.shared.set_closed(CloseInfo {
+            code: 1006,
+            reason: String::new(),
+        });
+    }
+}
+
+/// The next tick of an optional interval (never while there is none).
+async fn tick_opt(tick: &mut Option<Interval>) {
+    match tick {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -311,3 +311,35 @@ async fn tls_listener_serves_wss() {
         .is_err()
     );
 }
+
+/// A socket whose writes are blocked (the client stops reading, the kernel buffers are
+/// full, frames wait in its queue below the limit) still obeys commands: `terminate`
+/// ends it at once, and the socket reports closed with 1006.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reach_a_socket_whose_writes_are_blocked() {
+    let server =
+        start(config().with_limits(Limits::default().max_outbound_queue_bytes(64 << 20))).await;
+    let mut stalled = open(&server).await;
+    stalled
+        .invoke("#subscribe", json!({"channel": "stall"}), 2)
+        .await;
+    // From here on the client reads nothing.
+    let socket = server.clients().pop().expect("one client");
+    let exchange = server.exchange();
+    let payload = "z".repeat(64 * 1024);
+    // Publish until frames pile up in the socket's queue: its writes are blocked.
+    let mut n = 0;
+    while socket.outbound_queued_bytes() < 4 << 20 {
+        exchange.publish("stall", &payload).await.unwrap();
+        n += 1;
+        assert!(n < 2000, "the queue never filled");
+        tokio::task::yield_now().await;
+    }
+    socket.terminate();
+    let closed = tokio::time::timeout(WAIT, socket.closed())
+        .await
+        .expect("terminate reached the blocked socket");
+    assert_eq!(closed.code, 1006);
+    assert_eq!(server.stats().slow_consumer_disconnects, 0);
+    drop(stalled);
+}
