@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::de::DeserializeOwned;
 use socketcluster_protocol::RawValue;
@@ -106,9 +106,92 @@ impl Subscriber {
     }
 }
 
-struct Entry {
-    subs: Vec<Subscriber>,
-    snapshot: Mutex<Option<Arc<[Subscriber]>>>,
+/// The local subscribers of one channel. A single subscriber (by far the most common
+/// case: one socket per channel) is stored inline, with no allocation of its own.
+enum Subs {
+    One(Subscriber),
+    Many(Box<Many>),
+}
+
+/// Two or more subscribers, plus the immutable snapshot deliveries iterate.
+struct Many {
+    list: Vec<Subscriber>,
+    /// Built by the first delivery after a change; every change (made under the map's
+    /// write lock, hence `&mut`) resets it.
+    snapshot: OnceLock<Arc<[Subscriber]>>,
+}
+
+impl Subs {
+    fn as_slice(&self) -> &[Subscriber] {
+        match self {
+            Subs::One(s) => std::slice::from_ref(s),
+            Subs::Many(m) => &m.list,
+        }
+    }
+
+    /// Add `sub` unless a subscriber with its key is already there.
+    fn push(&mut self, sub: Subscriber) {
+        let key = sub.key();
+        match self {
+            Subs::One(s) if s.key() == key => {}
+            Subs::One(s) => {
+                let list = vec![s.clone(), sub];
+                *self = Subs::Many(Box::new(Many {
+                    list,
+                    snapshot: OnceLock::new(),
+                }));
+            }
+            Subs::Many(m) => {
+                if !m.list.iter().any(|s| s.key() == key) {
+                    m.list.push(sub);
+                    m.snapshot.take();
+                }
+            }
+        }
+    }
+
+    /// Remove the subscriber with `key`: `None` when absent, else whether none is left.
+    fn remove(&mut self, key: u64) -> Option<bool> {
+        match self {
+            Subs::One(s) => (s.key() == key).then_some(true),
+            Subs::Many(m) => {
+                let pos = m.list.iter().position(|s| s.key() == key)?;
+                m.list.remove(pos);
+                if let [only] = m.list.as_slice() {
+                    *self = Subs::One(only.clone());
+                } else {
+                    m.snapshot.take();
+                }
+                Some(false)
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        match self {
+            Subs::One(s) => Snapshot::One(s.clone()),
+            Subs::Many(m) => Snapshot::Many(
+                m.snapshot
+                    .get_or_init(|| Arc::from(m.list.as_slice()))
+                    .clone(),
+            ),
+        }
+    }
+}
+
+/// A channel's subscribers as taken under the read lock, iterated after releasing it.
+enum Snapshot {
+    One(Subscriber),
+    Many(Arc<[Subscriber]>),
+}
+
+impl Snapshot {
+    fn as_slice(&self) -> &[Subscriber] {
+        match self {
+            Snapshot::One(s) => std::slice::from_ref(s),
+            Snapshot::Many(list) => list,
+        }
+    }
 }
 
 /// Result of removing a subscriber.
@@ -118,10 +201,11 @@ pub(crate) enum Removed {
     Removed { last: bool },
 }
 
-/// channel -> local subscribers.
+/// channel -> local subscribers. The channel name is an `Arc<str>` shared with the
+/// subscribed sockets' views, so each name is stored once.
 #[derive(Default)]
 pub(crate) struct ChannelHub {
-    map: RwLock<HashMap<Box<str>, Entry>>,
+    map: RwLock<HashMap<Arc<str>, Subs>>,
 }
 
 impl ChannelHub {
@@ -136,27 +220,29 @@ impl ChannelHub {
         sub: Subscriber,
         on_first: impl FnOnce() -> R,
     ) -> Option<R> {
+        self.subscribe_then(channel, sub, on_first).1
+    }
+
+    /// [`ChannelHub::add_then`], also returning the hub's shared copy of the channel
+    /// name (for the subscriber's own bookkeeping, so the name is stored once).
+    pub(crate) fn subscribe_then<R>(
+        &self,
+        channel: &str,
+        sub: Subscriber,
+        on_first: impl FnOnce() -> R,
+    ) -> (Arc<str>, Option<R>) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        match map.get_mut(channel) {
-            Some(entry) => {
-                let key = sub.key();
-                if !entry.subs.iter().any(|s| s.key() == key) {
-                    entry.subs.push(sub);
-                    *entry.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                }
-                None
-            }
-            None => {
-                map.insert(
-                    channel.into(),
-                    Entry {
-                        subs: vec![sub],
-                        snapshot: Mutex::new(None),
-                    },
-                );
-                Some(on_first())
-            }
+        if let Some(subs) = map.get_mut(channel) {
+            subs.push(sub);
+            let name = map
+                .get_key_value(channel)
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| channel.into());
+            return (name, None);
         }
+        let name: Arc<str> = channel.into();
+        map.insert(name.clone(), Subs::One(sub));
+        (name, Some(on_first()))
     }
 
     /// Remove the subscriber with `key` from `channel`.
@@ -173,38 +259,31 @@ impl ChannelHub {
         on_last: impl FnOnce() -> R,
     ) -> (Removed, Option<R>) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = map.get_mut(channel) else {
+        let Some(subs) = map.get_mut(channel) else {
             return (Removed::NotSubscribed, None);
         };
-        let Some(pos) = entry.subs.iter().position(|s| s.key() == key) else {
-            return (Removed::NotSubscribed, None);
-        };
-        entry.subs.remove(pos);
-        if entry.subs.is_empty() {
-            map.remove(channel);
-            (Removed::Removed { last: true }, Some(on_last()))
-        } else {
-            *entry.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            (Removed::Removed { last: false }, None)
+        match subs.remove(key) {
+            None => (Removed::NotSubscribed, None),
+            Some(true) => {
+                map.remove(channel);
+                (Removed::Removed { last: true }, Some(on_last()))
+            }
+            Some(false) => (Removed::Removed { last: false }, None),
         }
     }
 
-    fn snapshot(&self, channel: &str) -> Option<Arc<[Subscriber]>> {
+    fn snapshot(&self, channel: &str) -> Option<Snapshot> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        let entry = map.get(channel)?;
-        let mut snap = entry.snapshot.lock().unwrap_or_else(|e| e.into_inner());
-        Some(
-            snap.get_or_insert_with(|| Arc::from(entry.subs.clone().into_boxed_slice()))
-                .clone(),
-        )
+        map.get(channel).map(Subs::snapshot)
     }
 
     /// Deliver to every local subscriber of the publication's channel; returns how many.
     pub(crate) fn deliver(&self, p: &Arc<Publication>) -> usize {
-        let Some(subs) = self.snapshot(p.channel()) else {
+        let Some(snapshot) = self.snapshot(p.channel()) else {
             return 0;
         };
-        for s in subs.iter() {
+        let subs = snapshot.as_slice();
+        for s in subs {
             s.deliver(p);
         }
         crate::metrics::publications_out(subs.len());
@@ -214,8 +293,11 @@ impl ChannelHub {
     /// Whether the channel has any exchange (server-side) subscriber.
     pub(crate) fn has_exchange_subscriber(&self, channel: &str) -> bool {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        map.get(channel)
-            .is_some_and(|e| e.subs.iter().any(|s| matches!(s, Subscriber::Exchange(_))))
+        map.get(channel).is_some_and(|subs| {
+            subs.as_slice()
+                .iter()
+                .any(|s| matches!(s, Subscriber::Exchange(_)))
+        })
     }
 
     /// Channels with their local subscriber counts (sockets, exchange subscribers).
@@ -223,13 +305,13 @@ impl ChannelHub {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<(String, usize, usize)> = map
             .iter()
-            .map(|(k, e)| {
-                let sockets = e
-                    .subs
+            .map(|(k, subs)| {
+                let subs = subs.as_slice();
+                let sockets = subs
                     .iter()
                     .filter(|s| matches!(s, Subscriber::Socket(_)))
                     .count();
-                (k.to_string(), sockets, e.subs.len() - sockets)
+                (k.to_string(), sockets, subs.len() - sockets)
             })
             .collect();
         v.sort();
@@ -282,6 +364,47 @@ mod tests {
             *log.lock().unwrap(),
             ["subscribe", "unsubscribe", "subscribe"]
         );
+    }
+
+    fn keys(hub: &ChannelHub, channel: &str) -> Vec<u64> {
+        hub.snapshot(channel).map_or_else(Vec::new, |s| {
+            s.as_slice().iter().map(Subscriber::key).collect()
+        })
+    }
+
+    #[test]
+    fn one_subscriber_inline_many_with_a_snapshot_refreshed_on_change() {
+        let hub = ChannelHub::default();
+        let p = Publication::new("c", None);
+        assert_eq!(hub.deliver(&p), 0);
+        let (name, first) = hub.subscribe_then("c", sink(1), || ());
+        assert!(first.is_some());
+        assert_eq!(hub.deliver(&p), 1);
+        // later subscribers share the hub's copy of the name
+        let (again, first) = hub.subscribe_then("c", sink(2), || ());
+        assert!(first.is_none() && Arc::ptr_eq(&name, &again));
+        assert_eq!(keys(&hub, "c"), [1, 2]);
+        let held = hub.snapshot("c").unwrap();
+        hub.add_then("c", sink(3), || ());
+        hub.add_then("c", sink(3), || ());
+        assert_eq!(hub.deliver(&p), 3);
+        // a snapshot taken before a change is immutable
+        assert_eq!(held.as_slice().len(), 2);
+        assert_eq!(hub.remove("c", 2), Removed::Removed { last: false });
+        assert_eq!(keys(&hub, "c"), [1, 3]);
+        assert_eq!(hub.remove("c", 1), Removed::Removed { last: false });
+        assert_eq!(keys(&hub, "c"), [3]);
+        assert_eq!(hub.remove("c", 1), Removed::NotSubscribed);
+        assert_eq!(hub.remove("c", 3), Removed::Removed { last: true });
+        assert_eq!(hub.deliver(&p), 0);
+        assert_eq!(hub.len(), 0);
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_channel_costs_one_name_and_a_32_byte_map_slot() {
+        // (name, subscribers) as stored in the map: a single subscriber is inline.
+        assert_eq!(std::mem::size_of::<(Arc<str>, Subs)>(), 32);
     }
 
     #[test]

@@ -357,7 +357,9 @@ impl AuthInfo {
 pub(crate) struct View {
     pub(crate) state: SocketState,
     pub(crate) auth: Option<AuthInfo>,
-    pub(crate) channels: HashMap<Box<str>, u64>,
+    /// Subscribed channels (names shared with the channel hub) -> subscription sequence
+    /// number, for listing them in subscription order.
+    pub(crate) channels: HashMap<Arc<str>, u64>,
     pub(crate) channel_seq: u64,
 }
 
@@ -545,7 +547,7 @@ impl Socket {
     /// Channels the socket is subscribed to, in subscription order.
     pub fn subscriptions(&self) -> Vec<String> {
         let view = self.shared.view();
-        let mut v: Vec<(&Box<str>, &u64)> = view.channels.iter().collect();
+        let mut v: Vec<(&Arc<str>, &u64)> = view.channels.iter().collect();
         v.sort_by_key(|(_, seq)| **seq);
         v.into_iter().map(|(c, _)| c.to_string()).collect()
     }

@@ -1405,7 +1405,13 @@ impl SocketTask {
                 ),
             );
         }
-        let count = self.shared.view().channels.len();
+        let (count, subscribed) = {
+            let view = self.shared.view();
+            (
+                view.channels.len(),
+                view.channels.contains_key(channel.as_str()),
+            )
+        };
         if let Some(limit) = self.server.config.limits.socket_channel_limit
             && count >= limit
         {
@@ -1414,23 +1420,22 @@ impl SocketTask {
                 wire::channel_limit(&channel, &self.shared.id, limit),
             );
         }
-        {
-            let mut view = self.shared.view();
-            if view.channels.contains_key(channel.as_str()) {
-                drop(view);
-                return self.reply_ok(cid, None);
-            }
-            view.channel_seq += 1;
-            let seq = view.channel_seq;
-            view.channels.insert(channel.as_str().into(), seq);
+        if subscribed {
+            return self.reply_ok(cid, None);
         }
         let broker = &self.server.broker;
-        let first =
-            self.server
-                .hub
-                .add_then(&channel, Subscriber::Socket(self.shared.clone()), || {
-                    broker.subscribe(&channel)
-                });
+        // The view keeps the hub's copy of the name: one allocation per channel.
+        let (name, first) = self.server.hub.subscribe_then(
+            &channel,
+            Subscriber::Socket(self.shared.clone()),
+            || broker.subscribe(&channel),
+        );
+        {
+            let mut view = self.shared.view();
+            view.channel_seq += 1;
+            let seq = view.channel_seq;
+            view.channels.insert(name, seq);
+        }
         if let Some(fut) = first {
             self.broker_step(fut, move |result| Resume::Subscribed {
                 cid,
