@@ -92,7 +92,7 @@ pub async fn upgrade(server: Server, mut req: Request) -> Response {
             Ok(upgraded) => {
                 let io: Box<dyn Io> = Box::new(TokioIo::new(upgraded));
                 let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                inner.start_socket(ws, hreq);
+                inner.start_socket(ws, crate::socket::StoredRequest::parsed(hreq));
             }
             Err(e) => tracing::debug!(error = %e, "HTTP upgrade failed"),
         }

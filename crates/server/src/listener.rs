@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::middleware::{Block, HandshakeRequest, run_handshake_ws, snapshot};
 use crate::server::{Io, ServerInner};
+use crate::socket::StoredRequest;
 
 /// An HTTP refusal of an upgrade request.
 #[derive(Debug, Clone)]
@@ -275,7 +276,11 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
-fn parse_request(head: &[u8], addr: Option<SocketAddr>, secure: bool) -> Option<HandshakeRequest> {
+pub(crate) fn parse_request(
+    head: &[u8],
+    addr: Option<SocketAddr>,
+    secure: bool,
+) -> Option<HandshakeRequest> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -372,7 +377,12 @@ pub(crate) async fn http_upgrade(
     let ws =
         WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(inner.ws_config))
             .await;
-    inner.start_socket(ws, req);
+    // Keep the compact raw head unless middleware kept the parsed request anyway.
+    let stored = match Arc::try_unwrap(req) {
+        Ok(_) => StoredRequest::raw(buf.into_boxed_slice(), addr, secure),
+        Err(shared) => StoredRequest::parsed(shared),
+    };
+    inner.start_socket(ws, stored);
 }
 
 #[cfg(test)]

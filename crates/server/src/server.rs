@@ -28,8 +28,8 @@ use crate::error::{ConfigError, ServerError};
 use crate::events::{ServerEvent, ServerEvents, Stats, StatsSnapshot};
 use crate::exchange::Exchange;
 use crate::middleware::{
-    HandshakeMiddleware, HandshakeRequest, HandshakeWsMiddleware, InboundMiddleware,
-    InboundRawMiddleware, Middlewares, OutboundMiddleware, push,
+    HandshakeMiddleware, HandshakeWsMiddleware, InboundMiddleware, InboundRawMiddleware,
+    Middlewares, OutboundMiddleware, push,
 };
 use crate::rpc::{
     EventStream, Handlers, ProcedureHandler, ReceiverHandler, RequestStream, STREAM_CAPACITY,
@@ -126,7 +126,7 @@ impl ServerInner {
     pub(crate) fn start_socket(
         &self,
         ws: WebSocketStream<Box<dyn Io>>,
-        request: Arc<HandshakeRequest>,
+        request: crate::socket::StoredRequest,
     ) {
         let Some(this) = self.self_ref.get().and_then(std::sync::Weak::upgrade) else {
             return;
@@ -154,7 +154,7 @@ impl ServerInner {
             .connections_accepted
             .fetch_add(1, Ordering::Relaxed);
         crate::metrics::connection_accepted();
-        match shared.request.remote_addr {
+        match shared.request.remote_addr() {
             Some(remote) => {
                 tracing::info!(socket = %shared.id, %remote, "connection accepted");
             }

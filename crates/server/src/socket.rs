@@ -218,8 +218,13 @@ impl Outbox {
             }
             return false;
         }
-        // Swapping keeps both deques' capacity in use: no allocation in steady state.
-        if out.is_empty() {
+        if out.is_empty() && out.capacity() == 0 {
+            // The usual small burst: the queue moves to the task, the mailbox keeps no
+            // memory (the next push allocates).
+            *out = std::mem::take(&mut q.out);
+        } else if out.is_empty() {
+            // A busy socket: swapping keeps both deques' capacity in use, no
+            // allocation in steady state (freed when idle, see `trim`).
             std::mem::swap(out, &mut q.out);
         } else {
             out.append(&mut q.out);
@@ -403,11 +408,62 @@ pub(crate) enum Cmd {
     Terminate,
 }
 
+/// A socket's HTTP upgrade request, kept compactly: the raw request head (a few hundred
+/// bytes), parsed again only if somebody asks for it ([`Socket::request`]). A parsed
+/// `HeaderMap` costs about 1 KB per socket, kept for the socket's whole life.
+pub(crate) struct StoredRequest {
+    head: Box<[u8]>,
+    remote_addr: Option<SocketAddr>,
+    secure: bool,
+    parsed: OnceLock<Arc<HandshakeRequest>>,
+}
+
+impl StoredRequest {
+    /// From the raw request head, already parsed successfully once.
+    pub(crate) fn raw(head: Box<[u8]>, remote_addr: Option<SocketAddr>, secure: bool) -> Self {
+        StoredRequest {
+            head,
+            remote_addr,
+            secure,
+            parsed: OnceLock::new(),
+        }
+    }
+
+    /// From a parsed request (shared with middleware, or built by a framework).
+    pub(crate) fn parsed(req: Arc<HandshakeRequest>) -> Self {
+        StoredRequest {
+            head: Box::default(),
+            remote_addr: req.remote_addr,
+            secure: req.secure,
+            parsed: OnceLock::from(req),
+        }
+    }
+
+    pub(crate) fn remote_addr(&self) -> Option<SocketAddr> {
+        self.remote_addr
+    }
+
+    pub(crate) fn get(&self) -> &HandshakeRequest {
+        self.parsed.get_or_init(|| {
+            Arc::new(
+                crate::listener::parse_request(&self.head, self.remote_addr, self.secure)
+                    .unwrap_or_else(|| HandshakeRequest {
+                        method: http::Method::GET,
+                        uri: http::Uri::from_static("/"),
+                        headers: http::HeaderMap::new(),
+                        remote_addr: self.remote_addr,
+                        secure: self.secure,
+                    }),
+            )
+        })
+    }
+}
+
 /// State shared between a socket's handles, its task and the channel registry.
 pub(crate) struct SocketShared {
     pub(crate) key: u64,
     pub(crate) id: Arc<str>,
-    pub(crate) request: Arc<HandshakeRequest>,
+    pub(crate) request: StoredRequest,
     /// Outbound frames and commands for the socket task.
     pub(crate) outbox: Outbox,
     pub(crate) view: Mutex<View>,
@@ -517,12 +573,12 @@ impl Socket {
 
     /// The HTTP upgrade request.
     pub fn request(&self) -> &HandshakeRequest {
-        &self.shared.request
+        self.shared.request.get()
     }
 
     /// The peer address, when known.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.shared.request.remote_addr
+        self.shared.request.remote_addr()
     }
 
     /// Whether the socket is authenticated.

@@ -141,8 +141,6 @@ impl Future for StepPoll<'_> {
 struct WriteState {
     /// Frames taken from the outbox, not yet handed to the WebSocket.
     out: VecDeque<Out>,
-    /// Commands taken from the outbox, not yet handed to the task.
-    cmds: VecDeque<Cmd>,
     /// Frames were written since the last flush.
     dirty: bool,
     /// Our close frame was written: nothing more is sent.
@@ -168,6 +166,9 @@ struct IoPoll<'a> {
     server: &'a ServerInner,
 }
 
+/// Queue capacity (frames) an emptied write queue may keep without being freed at once.
+const SMALL_QUEUE: usize = 16;
+
 /// Frames written per poll before yielding to reads.
 const WRITE_BATCH: usize = 256;
 
@@ -185,9 +186,14 @@ impl Future for IoPoll<'_> {
         }
         // Whether the outbox will wake us for new frames or commands.
         let mut registered = false;
+        let mut cmds = VecDeque::new();
         while !this.w.close_sent {
-            if this.w.out.is_empty() && !outbox.take(cx, &mut this.w.out, &mut this.w.cmds) {
+            if this.w.out.is_empty() && !outbox.take(cx, &mut this.w.out, &mut cmds) {
                 registered = true;
+                if this.w.out.capacity() <= SMALL_QUEUE {
+                    // Drained after a small burst: keep no memory while idle.
+                    this.w.out = VecDeque::new();
+                }
                 break;
             }
             if this.w.out.is_empty() {
@@ -249,10 +255,10 @@ impl Future for IoPoll<'_> {
         if blocked && !registered {
             // Waiting for the socket to become writable: only commands and the
             // overflow alarm must still reach us.
-            outbox.take_cmds_or_register(cx, &mut this.w.cmds);
+            outbox.take_cmds_or_register(cx, &mut cmds);
         }
-        if !this.w.cmds.is_empty() {
-            return Poll::Ready(IoEvent::Cmds(std::mem::take(&mut this.w.cmds)));
+        if !cmds.is_empty() {
+            return Poll::Ready(IoEvent::Cmds(cmds));
         }
         if this.can_read
             && let Poll::Ready(m) = Pin::new(&mut *this.ws).poll_next(cx)
@@ -380,61 +386,67 @@ impl SocketTask {
         }
     }
 
-    pub(crate) async fn run(mut self) {
-        loop {
-            self.drain();
-            if self.closing.is_some() {
-                break;
-            }
-            let can_read = self.inbox.len() < self.server.config.limits.max_inbound_queue
-                && !self.throttle.is_armed();
-            tokio::select! {
-                biased;
-                r = StepPoll(&mut self.step), if self.step.is_some() => {
-                    self.step = None;
-                    self.resume(r);
+    /// The socket's whole life. A plain `fn` returning an `async move` block: the task
+    /// stores the `SocketTask` once (an `async fn` taking `self` by value keeps a second
+    /// copy of its argument in the future, ~750 bytes per socket).
+    #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
+    pub(crate) fn run(mut self) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            loop {
+                self.drain();
+                if self.closing.is_some() {
+                    break;
                 }
-                ev = IoPoll {
-                    ws: &mut self.ws,
-                    w: &mut self.wstate,
-                    can_read,
-                    shared: &self.shared,
-                    server: &self.server,
-                } => match ev {
-                    IoEvent::Inbound(msg) => self.on_ws(msg),
-                    IoEvent::Cmds(cmds) => {
-                        for cmd in cmds {
-                            self.on_cmd(cmd);
-                        }
+                let can_read = self.inbox.len() < self.server.config.limits.max_inbound_queue
+                    && !self.throttle.is_armed();
+                tokio::select! {
+                    biased;
+                    r = StepPoll(&mut self.step), if self.step.is_some() => {
+                        self.step = None;
+                        self.resume(r);
                     }
-                    IoEvent::Overflow => self.on_overflow(),
-                    IoEvent::WriteFailed => self.close_without_frame(1006, ""),
-                },
-                _ = self.ping.tick(), if self.ping_enabled => {
-                    // Pings are never batched (PROTOCOL.md 8.5).
-                    self.shared
-                        .outbox
-                        .push_unbatched(Utf8Bytes::from_static(self.version.ping()));
-                    self.trim_idle_buffers();
+                    ev = IoPoll {
+                        ws: &mut self.ws,
+                        w: &mut self.wstate,
+                        can_read,
+                        shared: &self.shared,
+                        server: &self.server,
+                    } => match ev {
+                        IoEvent::Inbound(msg) => self.on_ws(msg),
+                        IoEvent::Cmds(cmds) => {
+                            for cmd in cmds {
+                                self.on_cmd(cmd);
+                            }
+                        }
+                        IoEvent::Overflow => self.on_overflow(),
+                        IoEvent::WriteFailed => self.close_without_frame(1006, ""),
+                    },
+                    _ = self.ping.tick(), if self.ping_enabled => {
+                        // Pings are never batched (PROTOCOL.md 8.5).
+                        self.shared
+                            .outbox
+                            .push_unbatched(Utf8Bytes::from_static(self.version.ping()));
+                        self.trim_idle_buffers();
+                    }
+                    _ = tick_opt(&mut self.batch_tick), if self.batch_tick.is_some() => {
+                        self.shared.outbox.flush_batch(true);
+                    }
+                    _ = self.batch_window.fired(), if self.batch_window.is_armed() => {
+                        self.on_batch_window_end();
+                    }
+                    _ = &mut self.pong_deadline, if self.ping_enabled => self.close(4001, ""),
+                    _ = self.handshake_deadline.fired(), if self.handshake_deadline.is_armed() => {
+                        self.close(4005, "");
+                    }
+                    _ = self.expiry.fired(), if self.expiry.is_armed() => self.on_expiry_timer(),
+                    _ = self.throttle.fired(), if self.throttle.is_armed() => {}
+                    _ = self.server.shutdown.cancelled() => self.close(1001, "Server is shutting down"),
                 }
-                _ = tick_opt(&mut self.batch_tick), if self.batch_tick.is_some() => {
-                    self.shared.outbox.flush_batch(true);
-                }
-                _ = self.batch_window.fired(), if self.batch_window.is_armed() => {
-                    self.on_batch_window_end();
-                }
-                _ = &mut self.pong_deadline, if self.ping_enabled => self.close(4001, ""),
-                _ = self.handshake_deadline.fired(), if self.handshake_deadline.is_armed() => {
-                    self.close(4005, "");
-                }
-                _ = self.expiry.fired(), if self.expiry.is_armed() => self.on_expiry_timer(),
-                _ = self.throttle.fired(), if self.throttle.is_armed() => {}
-                _ = self.server.shutdown.cancelled() => self.close(1001, "Server is shutting down"),
             }
+            // Boxed: the closing sequence is large and runs once; kept out of line, it does
+            // not inflate every idle socket's task.
+            Box::pin(self.finish()).await;
         }
-        // Boxed: the closing sequence is large and runs once; kept out of line, it does
-        // not inflate every idle socket's task.
-        Box::pin(self.finish()).await;
     }
 
     // ---------------------------------------------------------------- I/O events
@@ -488,10 +500,10 @@ impl SocketTask {
                     .fetch_add(t.len() as u64, Ordering::Relaxed);
                 if t.as_str() == self.version.pong() {
                     self.reset_pong_deadline();
-                    self.inbox.push_back(Inbound::Pong);
+                    self.on_inbound(Inbound::Pong);
                 } else {
                     self.maybe_reset_pong_deadline();
-                    self.inbox.push_back(Inbound::Text(t));
+                    self.on_inbound(Inbound::Text(t));
                 }
                 self.account_rate();
             }
@@ -501,7 +513,7 @@ impl SocketTask {
                     .bytes_received
                     .fetch_add(b.len() as u64, Ordering::Relaxed);
                 self.maybe_reset_pong_deadline();
-                self.inbox.push_back(Inbound::Binary(b));
+                self.on_inbound(Inbound::Binary(b));
                 self.account_rate();
             }
             Message::Close(frame) => {
@@ -556,18 +568,40 @@ impl SocketTask {
             let Some(inbound) = self.inbox.pop_front() else {
                 break;
             };
-            let raw_chain = snapshot(&self.server.middleware.inbound_raw);
-            if !raw_chain.is_empty() {
-                self.run_inbound_raw(raw_chain, inbound);
-                continue;
-            }
-            match inbound {
-                Inbound::Pong => self.on_pong(),
-                Inbound::Text(t) => self.process_text(t.as_str()),
-                Inbound::Binary(b) => {
-                    let text = String::from_utf8_lossy(&b);
-                    self.process_text(&text);
-                }
+            self.handle_inbound(inbound);
+        }
+        if self.inbox.is_empty() && self.inbox.capacity() > 0 {
+            // Only a socket whose processing waited (middleware, broker) used the
+            // read-ahead queue; an idle socket keeps none.
+            self.inbox = VecDeque::new();
+        }
+    }
+
+    /// Queue an inbound message, or process it right away when nothing is ahead of it
+    /// (the common case: no allocation, no queue).
+    fn on_inbound(&mut self, inbound: Inbound) {
+        if self.step.is_none()
+            && self.closing.is_none()
+            && self.inbox.is_empty()
+            && self.batch.is_empty()
+        {
+            self.handle_inbound(inbound);
+        } else {
+            self.inbox.push_back(inbound);
+        }
+    }
+
+    fn handle_inbound(&mut self, inbound: Inbound) {
+        let raw_chain = snapshot(&self.server.middleware.inbound_raw);
+        if !raw_chain.is_empty() {
+            return self.run_inbound_raw(raw_chain, inbound);
+        }
+        match inbound {
+            Inbound::Pong => self.on_pong(),
+            Inbound::Text(t) => self.process_text(t.as_str()),
+            Inbound::Binary(b) => {
+                let text = String::from_utf8_lossy(&b);
+                self.process_text(&text);
             }
         }
     }
@@ -1788,7 +1822,6 @@ impl SocketTask {
         // Commands sent from now on fail right away (queued ones are dropped: their
         // callers see the socket closed).
         self.shared.outbox.close_cmds();
-        self.wstate.cmds.clear();
         let prev = self.state;
         self.state = SocketState::Closed;
         self.shared.view().state = SocketState::Closed;

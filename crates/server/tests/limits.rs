@@ -300,7 +300,12 @@ async fn tls_listener_serves_wss() {
     };
     assert_eq!(c.handshake(None).await["rid"], 1);
     assert_eq!(c.invoke("echo", json!("secure"), 2).await["data"], "secure");
-    assert!(server.clients()[0].request().secure);
+    // The upgrade request is kept compactly and parsed on demand: same view as before.
+    let request = server.clients()[0].request().clone();
+    assert!(request.secure);
+    assert_eq!(request.uri.path(), "/socketcluster/");
+    assert_eq!(request.headers["upgrade"], "websocket");
+    assert!(request.remote_addr.is_some_and(|a| a.ip().is_loopback()));
     // a plain-text client is refused (the TLS handshake fails)
     assert!(
         tokio_tungstenite::connect_async(format!(
