@@ -141,6 +141,8 @@ impl Future for StepPoll<'_> {
 struct WriteState {
     /// Frames taken from the outbox, not yet handed to the WebSocket.
     out: VecDeque<Out>,
+    /// Messages read since the last write phase (see [`READ_BATCH`]).
+    reads_since_flush: u16,
     /// Frames were written since the last flush.
     dirty: bool,
     /// Our close frame was written: nothing more is sent.
@@ -162,12 +164,19 @@ struct IoPoll<'a> {
     ws: &'a mut Ws,
     w: &'a mut WriteState,
     can_read: bool,
+    /// Read what is already there before writing (off while closing: the close frame
+    /// must go out first).
+    batch_reads: bool,
     shared: &'a SocketShared,
     server: &'a ServerInner,
 }
 
 /// Queue capacity (frames) an emptied write queue may keep without being freed at once.
 const SMALL_QUEUE: usize = 16;
+
+/// Messages read back to back (while more are already buffered) before the answers
+/// queued so far are written.
+const READ_BATCH: u16 = 64;
 
 /// Frames written per poll before yielding to reads.
 const WRITE_BATCH: usize = 256;
@@ -184,6 +193,15 @@ impl Future for IoPoll<'_> {
         if outbox.is_overflowed() {
             return Poll::Ready(IoEvent::Overflow);
         }
+        // Read first, as long as messages are already there (bounded): the answers to
+        // everything the peer sent in one go are written with one flush, not one
+        // send per answer.
+        let read_first = this.can_read && this.batch_reads && this.w.reads_since_flush < READ_BATCH;
+        if read_first && let Poll::Ready(m) = Pin::new(&mut *this.ws).poll_next(cx) {
+            this.w.reads_since_flush += 1;
+            return Poll::Ready(IoEvent::Inbound(m));
+        }
+        this.w.reads_since_flush = 0;
         // Whether the outbox will wake us for new frames or commands.
         let mut registered = false;
         let mut cmds = VecDeque::new();
@@ -261,8 +279,10 @@ impl Future for IoPoll<'_> {
             return Poll::Ready(IoEvent::Cmds(cmds));
         }
         if this.can_read
+            && !read_first
             && let Poll::Ready(m) = Pin::new(&mut *this.ws).poll_next(cx)
         {
+            this.w.reads_since_flush = 1;
             return Poll::Ready(IoEvent::Inbound(m));
         }
         Poll::Pending
@@ -409,6 +429,7 @@ impl SocketTask {
                         ws: &mut self.ws,
                         w: &mut self.wstate,
                         can_read,
+                        batch_reads: true,
                         shared: &self.shared,
                         server: &self.server,
                     } => match ev {
@@ -1870,6 +1891,7 @@ impl SocketTask {
                         ws: &mut self.ws,
                         w: &mut self.wstate,
                         can_read: true,
+                        batch_reads: false,
                         shared: &self.shared,
                         server: &self.server,
                     }
