@@ -305,9 +305,13 @@ pub(crate) struct SocketTask {
     closing: Option<Closing>,
     version: ProtocolVersion,
     ping_enabled: bool,
-    ping: Interval,
-    pong_deadline: Pin<Box<Sleep>>,
-    last_pong_reset: Instant,
+    /// One timer for the heartbeat: fires at the earlier of `next_ping` and
+    /// `pong_deadline`. Both only move later, so the timer is re-armed only when it
+    /// fires (not per message).
+    heartbeat: Pin<Box<Sleep>>,
+    next_ping: Instant,
+    /// Last message from the peer + ping timeout (PROTOCOL.md 8.3).
+    pong_deadline: Instant,
     /// Armed until the `#handshake` arrives.
     handshake_deadline: Timer,
     /// The token's expiry (when it has one and the expiry timer is on).
@@ -374,8 +378,8 @@ impl SocketTask {
     pub(crate) fn new(server: Arc<ServerInner>, shared: Arc<SocketShared>, ws: Ws) -> Self {
         let cfg = &server.config;
         let now = Instant::now();
-        let mut ping = tokio::time::interval_at(now + cfg.ping_interval, cfg.ping_interval);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let next_ping = now + cfg.ping_interval;
+        let pong_deadline = now + cfg.ping_timeout;
         SocketTask {
             ws,
             wstate: WriteState::default(),
@@ -393,9 +397,9 @@ impl SocketTask {
             closing: None,
             version: cfg.protocol_version,
             ping_enabled: !cfg.ping_timeout_disabled,
-            ping,
-            pong_deadline: Box::pin(tokio::time::sleep(cfg.ping_timeout)),
-            last_pong_reset: now,
+            heartbeat: Box::pin(tokio::time::sleep_until(next_ping.min(pong_deadline))),
+            next_ping,
+            pong_deadline,
             handshake_deadline: Timer::armed_at(now + cfg.handshake_timeout),
             expiry: Timer::default(),
             bucket: cfg.limits.inbound_rate.map(Bucket::new),
@@ -442,20 +446,13 @@ impl SocketTask {
                         IoEvent::Overflow => self.on_overflow(),
                         IoEvent::WriteFailed => self.close_without_frame(1006, ""),
                     },
-                    _ = self.ping.tick(), if self.ping_enabled => {
-                        // Pings are never batched (PROTOCOL.md 8.5).
-                        self.shared
-                            .outbox
-                            .push_unbatched(Utf8Bytes::from_static(self.version.ping()));
-                        self.trim_idle_buffers();
-                    }
+                    _ = &mut self.heartbeat, if self.ping_enabled => self.on_heartbeat(),
                     _ = tick_opt(&mut self.batch_tick), if self.batch_tick.is_some() => {
                         self.shared.outbox.flush_batch(true);
                     }
                     _ = self.batch_window.fired(), if self.batch_window.is_armed() => {
                         self.on_batch_window_end();
                     }
-                    _ = &mut self.pong_deadline, if self.ping_enabled => self.close(4001, ""),
                     _ = self.handshake_deadline.fired(), if self.handshake_deadline.is_armed() => {
                         self.close(4005, "");
                     }
@@ -561,18 +558,38 @@ impl SocketTask {
         }
     }
 
+    /// A pong restarts the pong deadline (PROTOCOL.md 8.3). Only the deadline moves;
+    /// the heartbeat timer notices when it fires.
     fn reset_pong_deadline(&mut self) {
-        let now = Instant::now();
-        self.last_pong_reset = now;
-        self.pong_deadline
-            .as_mut()
-            .reset(now + self.server.config.ping_timeout);
+        self.pong_deadline = Instant::now() + self.server.config.ping_timeout;
     }
 
+    /// Any other message restarts it if more than `pingTimeout/4` has elapsed since the
+    /// last restart (JS server, PROTOCOL.md 8.3).
     fn maybe_reset_pong_deadline(&mut self) {
-        if self.last_pong_reset.elapsed() > self.server.config.ping_timeout / 4 {
-            self.reset_pong_deadline();
+        let timeout = self.server.config.ping_timeout;
+        let now = Instant::now();
+        if now + timeout > self.pong_deadline + timeout / 4 {
+            self.pong_deadline = now + timeout;
         }
+    }
+
+    fn on_heartbeat(&mut self) {
+        let now = Instant::now();
+        if now >= self.pong_deadline {
+            return self.close(4001, "");
+        }
+        if now >= self.next_ping {
+            // Pings are never batched (PROTOCOL.md 8.5).
+            self.shared
+                .outbox
+                .push_unbatched(Utf8Bytes::from_static(self.version.ping()));
+            self.trim_idle_buffers();
+            self.next_ping = now + self.server.config.ping_interval;
+        }
+        self.heartbeat
+            .as_mut()
+            .reset(self.next_ping.min(self.pong_deadline));
     }
 
     // ---------------------------------------------------------------- processing
