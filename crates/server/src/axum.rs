@@ -28,8 +28,6 @@ use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use axum::routing::MethodRouter;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::listener::{HttpReject, authorize, check_upgrade, reason_phrase};
 use crate::middleware::HandshakeRequest;
@@ -86,12 +84,12 @@ pub async fn upgrade(server: Server, mut req: Request) -> Response {
         return reject(r);
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let config = inner.ws_config;
+    let max_payload = inner.config.limits.max_payload;
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io: Box<dyn Io> = Box::new(TokioIo::new(upgraded));
-                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                let ws = crate::ws::ServerWs::new(io, Vec::new(), max_payload);
                 inner.start_socket(ws, crate::socket::StoredRequest::parsed(hreq));
             }
             Err(e) => tracing::debug!(error = %e, "HTTP upgrade failed"),

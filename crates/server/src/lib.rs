@@ -105,6 +105,7 @@ mod server;
 mod socket;
 mod task;
 pub mod tls;
+mod ws;
 
 #[cfg(feature = "axum")]
 pub mod axum;

@@ -12,13 +12,12 @@ use std::sync::atomic::Ordering;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::middleware::{Block, HandshakeRequest, run_handshake_ws, snapshot};
 use crate::server::{Io, ServerInner};
 use crate::socket::StoredRequest;
+use crate::ws::ServerWs;
 
 /// An HTTP refusal of an upgrade request.
 #[derive(Debug, Clone)]
@@ -374,9 +373,7 @@ pub(crate) async fn http_upgrade(
         return;
     }
     let leftover = buf.split_off(head_len);
-    let ws =
-        WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(inner.ws_config))
-            .await;
+    let ws = ServerWs::new(io, leftover, inner.config.limits.max_payload);
     // Keep the compact raw head unless middleware kept the parsed request anyway.
     let stored = match Arc::try_unwrap(req) {
         Ok(_) => StoredRequest::raw(buf.into_boxed_slice(), addr, secure),

@@ -16,8 +16,6 @@ use socketcluster_protocol::{ErrorObject, WireError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast, mpsc};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthConfig, AuthEngine, Claims, SignError, SignOptions};
@@ -69,7 +67,6 @@ pub(crate) struct ServerInner {
     pub(crate) stats: Stats,
     pub(crate) shutdown: CancellationToken,
     local_addr: Mutex<Option<SocketAddr>>,
-    pub(crate) ws_config: WebSocketConfig,
     next_key: AtomicU64,
     self_ref: OnceLock<std::sync::Weak<ServerInner>>,
 }
@@ -125,7 +122,7 @@ impl ServerInner {
     /// Start the tasks of a freshly upgraded WebSocket.
     pub(crate) fn start_socket(
         &self,
-        ws: WebSocketStream<Box<dyn Io>>,
+        ws: crate::ws::ServerWs,
         request: crate::socket::StoredRequest,
     ) {
         let Some(this) = self.self_ref.get().and_then(std::sync::Weak::upgrade) else {
@@ -234,18 +231,6 @@ impl Server {
             return Err(ConfigError::Invalid("batch interval must be > 0".into()).into());
         }
         let auth = AuthEngine::new(&config.auth)?;
-        let limits = &config.limits;
-        // Per-socket buffers are set consciously (tungstenite's defaults are 128 KiB
-        // each): the read buffer is what every idle socket keeps (a larger frame gets
-        // its full length reserved anyway), 1 KiB holds ~10 typical packets per read;
-        // the write buffer is only a batching threshold (it grows as needed and is
-        // written out once it passes 8 KiB).
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(1024)
-            .write_buffer_size(8192)
-            .max_write_buffer_size(usize::MAX)
-            .max_message_size(Some(limits.max_payload))
-            .max_frame_size(Some(limits.max_payload));
         let hub = Arc::new(ChannelHub::default());
         broker.attach(Delivery::new(hub.clone()));
         let (events, _) = broadcast::channel(config.event_buffer.max(16));
@@ -263,7 +248,6 @@ impl Server {
             stats: Stats::default(),
             shutdown: CancellationToken::new(),
             local_addr: Mutex::new(None),
-            ws_config,
             next_key: AtomicU64::new(1),
             self_ref: OnceLock::new(),
             config,

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, Sink, Stream};
+use futures_util::FutureExt;
 use serde_json::Value;
 use socketcluster_protocol::codec::{self, BatchItem, Frame, KeyOrder};
 use socketcluster_protocol::error::wire;
@@ -30,9 +30,7 @@ use socketcluster_protocol::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::auth::{Claims, VerifyOutcome, is_bad_token, now_ms};
 use crate::broker::{BrokerError, BrokerFuture};
@@ -46,12 +44,13 @@ use crate::middleware::{
     run_handshake, run_inbound, run_inbound_raw, run_outbound, snapshot,
 };
 use crate::rpc::{HandlerFuture, ReceivedEvent, Request};
-use crate::server::{Io, ServerInner};
+use crate::server::ServerInner;
 use crate::socket::{
     AuthInfo, CloseInfo, Cmd, FRAME_OVERHEAD, Out, Socket, SocketShared, SocketState,
 };
+use crate::ws::{ServerWs, WsError, WsMessage};
 
-pub(crate) type Ws = WebSocketStream<Box<dyn Io>>;
+pub(crate) type Ws = ServerWs;
 type StepFuture = Pin<Box<dyn Future<Output = Resume> + Send + 'static>>;
 type InvokeReply = oneshot::Sender<Result<Option<Box<RawValue>>, InvokeError>>;
 
@@ -150,7 +149,7 @@ struct WriteState {
 }
 
 enum IoEvent {
-    Inbound(Option<Result<Message, WsError>>),
+    Inbound(Option<Result<WsMessage, WsError>>),
     Cmds(VecDeque<Cmd>),
     /// The outbound queue limit was exceeded (slow consumer).
     Overflow,
@@ -197,7 +196,7 @@ impl Future for IoPoll<'_> {
         // everything the peer sent in one go are written with one flush, not one
         // send per answer.
         let read_first = this.can_read && this.batch_reads && this.w.reads_since_flush < READ_BATCH;
-        if read_first && let Poll::Ready(m) = Pin::new(&mut *this.ws).poll_next(cx) {
+        if read_first && let Poll::Ready(m) = this.ws.poll_next(cx) {
             this.w.reads_since_flush += 1;
             return Poll::Ready(IoEvent::Inbound(m));
         }
@@ -223,7 +222,7 @@ impl Future for IoPoll<'_> {
                 cx.waker().wake_by_ref();
                 break;
             }
-            match Pin::new(&mut *this.ws).poll_ready(cx) {
+            match this.ws.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => return Poll::Ready(IoEvent::WriteFailed),
                 Poll::Pending => {
@@ -239,17 +238,14 @@ impl Future for IoPoll<'_> {
                     sent_texts += 1;
                     sent_bytes += t.len();
                     this.shared.outbox.release(t.len() + FRAME_OVERHEAD);
-                    Message::Text(t)
+                    WsMessage::Text(t)
                 }
                 Out::Close(code, reason) => {
                     this.w.close_sent = true;
-                    Message::Close(Some(CloseFrame {
-                        code: code.into(),
-                        reason: reason.into(),
-                    }))
+                    WsMessage::Close(Some((code, reason)))
                 }
             };
-            if Pin::new(&mut *this.ws).start_send(msg).is_err() {
+            if this.ws.start_send(msg).is_err() {
                 return Poll::Ready(IoEvent::WriteFailed);
             }
             this.w.dirty = true;
@@ -264,7 +260,7 @@ impl Future for IoPoll<'_> {
                 .fetch_add(sent_bytes as u64, Ordering::Relaxed);
         }
         if this.w.dirty && !blocked {
-            match Pin::new(&mut *this.ws).poll_flush(cx) {
+            match this.ws.poll_flush(cx) {
                 Poll::Ready(Ok(())) => this.w.dirty = false,
                 Poll::Ready(Err(_)) => return Poll::Ready(IoEvent::WriteFailed),
                 Poll::Pending => {}
@@ -280,7 +276,7 @@ impl Future for IoPoll<'_> {
         }
         if this.can_read
             && !read_first
-            && let Poll::Ready(m) = Pin::new(&mut *this.ws).poll_next(cx)
+            && let Poll::Ready(m) = this.ws.poll_next(cx)
         {
             this.w.reads_since_flush = 1;
             return Poll::Ready(IoEvent::Inbound(m));
@@ -496,22 +492,23 @@ impl SocketTask {
         self.close_without_frame(CLOSE_POLICY_VIOLATION, "Outbound queue limit exceeded");
     }
 
-    fn on_ws(&mut self, msg: Option<Result<Message, WsError>>) {
+    fn on_ws(&mut self, msg: Option<Result<WsMessage, WsError>>) {
         let msg = match msg {
             None => return self.close_without_frame(1006, ""),
             Some(Err(e)) => {
+                tracing::debug!(socket = %self.shared.id, error = %e, "WebSocket error");
                 return match e {
-                    WsError::Capacity(_) => self.close(CLOSE_MESSAGE_TOO_BIG, ""),
-                    WsError::Utf8(_) => self.close(1007, ""),
+                    WsError::Capacity => self.close(CLOSE_MESSAGE_TOO_BIG, ""),
+                    WsError::Utf8 => self.close(1007, ""),
                     WsError::Protocol(_) => self.close(1002, ""),
-                    _ => self.close_without_frame(1006, ""),
+                    WsError::Io(_) | WsError::Closed => self.close_without_frame(1006, ""),
                 };
             }
             Some(Ok(m)) => m,
         };
         let stats = &self.server.stats;
         match msg {
-            Message::Text(t) => {
+            WsMessage::Text(t) => {
                 stats.messages_received.fetch_add(1, Ordering::Relaxed);
                 stats
                     .bytes_received
@@ -525,7 +522,7 @@ impl SocketTask {
                 }
                 self.account_rate();
             }
-            Message::Binary(b) => {
+            WsMessage::Binary(b) => {
                 stats.messages_received.fetch_add(1, Ordering::Relaxed);
                 stats
                     .bytes_received
@@ -534,11 +531,8 @@ impl SocketTask {
                 self.on_inbound(Inbound::Binary(b));
                 self.account_rate();
             }
-            Message::Close(frame) => {
-                let (code, reason) = match frame {
-                    Some(f) => (u16::from(f.code), f.reason.to_string()),
-                    None => (1005, String::new()),
-                };
+            WsMessage::Close(frame) => {
+                let (code, reason) = frame.unwrap_or((1005, String::new()));
                 self.closing = Some(Closing {
                     code,
                     reason,
@@ -546,7 +540,6 @@ impl SocketTask {
                     by_peer: true,
                 });
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
 
