@@ -824,6 +824,79 @@ mod tests {
             .collect()
     }
 
+    /// Hostile input: thousands of seeded random byte streams (raw garbage, and
+    /// sequences of plausible frames with random opcodes, flags, lengths and masks),
+    /// fed in random chunk sizes. Every stream ends in a message, an error or `None`;
+    /// nothing panics, and the socket's buffers never exceed the message limit plus
+    /// one frame header and the read chunk.
+    #[tokio::test]
+    async fn random_input_never_panics_and_stays_bounded() {
+        const LIMIT: usize = 4096;
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..3000 {
+            let mut bytes = Vec::new();
+            if case % 3 == 0 {
+                let n = (rand() % 600) as usize;
+                bytes.extend((0..n).map(|_| rand() as u8));
+            } else {
+                for _ in 0..(1 + rand() % 6) {
+                    let b0 = [0x81, 0x82, 0x01, 0x00, 0x80, 0x88, 0x89, 0x8a, 0x83, 0xc1]
+                        [(rand() % 10) as usize];
+                    let len = match rand() % 4 {
+                        0 => (rand() % 126) as usize,
+                        1 => (rand() % 3000) as usize,
+                        2 => LIMIT + (rand() % 10) as usize,
+                        _ => (rand() % 200) as usize,
+                    };
+                    let payload: Vec<u8> = (0..len).map(|_| rand() as u8).collect();
+                    let mut f = frame(b0, &payload, (rand() % 8 != 0).then_some(MASK));
+                    if rand() % 10 == 0 {
+                        f.truncate((rand() as usize) % (f.len() + 1));
+                    }
+                    bytes.extend(f);
+                }
+            }
+            let (mut ws, mut raw) = pair(LIMIT, 1 << 16);
+            let writer = async {
+                let mut rest = &bytes[..];
+                while !rest.is_empty() {
+                    let n = 1 + (rand() as usize) % rest.len().min(700);
+                    if raw.write_all(&rest[..n]).await.is_err() {
+                        return;
+                    }
+                    rest = &rest[n..];
+                }
+                let _ = raw.shutdown().await;
+            };
+            let reader = async {
+                let mut messages = 0;
+                loop {
+                    let (rcap, wcap, _) = ws.buffer_state();
+                    assert!(
+                        rcap <= LIMIT + 14 + (16 << 10),
+                        "case {case}: read buffer {rcap}"
+                    );
+                    assert!(
+                        wcap <= 2 * WRITE_THRESHOLD,
+                        "case {case}: write buffer {wcap}"
+                    );
+                    match next(&mut ws).await {
+                        Some(Ok(_)) => messages += 1,
+                        Some(Err(_)) | None => break,
+                    }
+                    assert!(messages <= 64, "case {case}: more messages than frames");
+                }
+            };
+            tokio::join!(writer, reader);
+        }
+    }
+
     #[test]
     fn struct_is_small() {
         let size = std::mem::size_of::<ServerWs>();
