@@ -174,8 +174,11 @@ struct IoPoll<'a> {
 const SMALL_QUEUE: usize = 16;
 
 /// Messages read back to back (while more are already buffered) before the answers
-/// queued so far are written.
-const READ_BATCH: u16 = 64;
+/// queued so far are written. Small enough that the peer works on the first answers
+/// while later requests are processed: measured with 100 pipelined invokes, 16 gave
+/// 1.7x the throughput of 64 (and of 256) at slightly lower CPU per invoke; 4-8 gave
+/// no more throughput and cost more CPU.
+const READ_BATCH: u16 = 16;
 
 /// Frames written per poll before yielding to reads.
 const WRITE_BATCH: usize = 256;
