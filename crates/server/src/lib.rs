@@ -59,9 +59,13 @@
 //!   completes before a following publish is processed); handlers run concurrently: a
 //!   handler is polled once in the socket's task and becomes a task of its own only if
 //!   it has to wait, so synchronous answers cost no task switch.
-//! * An idle socket holds only what it needs (about 7 KB of server memory with a
-//!   token, measured by `socketcluster bench idle`): a 1 KiB read buffer, no
-//!   pre-allocated queues, timers only while armed.
+//! * An idle socket holds only what it needs (about 3.5 KB of server memory with a
+//!   token, measured by `socketcluster bench idle`; the JS server: about 24 KB): the
+//!   WebSocket framing layer (`ws.rs`, RFC 6455 server role) keeps no read or write
+//!   buffer while idle, queues are allocated only while something is queued, timers
+//!   only while armed, and the upgrade request is kept as its raw head.
+//! * A socket reads what the peer already sent before writing the answers: the answers
+//!   to a burst of requests leave in one flush.
 //! * A publication is encoded once; the same shared frame goes to every subscriber
 //!   ([`channel`]). Backplanes plug in through the [`broker::Broker`] trait.
 //! * Payloads are never parsed when only forwarded (`serde_json::value::RawValue`).
