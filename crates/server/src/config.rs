@@ -50,7 +50,7 @@ pub struct ServerConfig {
     /// Channel name patterns (`*` matches any run of characters) that require an
     /// authenticated socket to subscribe or to publish (no JS equivalent; JS apps do this
     /// in middleware). Refusals: `UnauthorizedSubscribeError` / `UnauthorizedPublishError`
-    /// ("Socket <id> must be authenticated to subscribe to the <ch> channel" / "... to
+    /// (`"Socket <id> must be authenticated to subscribe to the <ch> channel"` / "... to
     /// publish to ..."). Default: empty.
     pub auth_channels: Vec<String>,
     /// When a socket loses its authentication (deauthenticate, bad `#authenticate`, token
