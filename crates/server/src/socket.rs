@@ -49,6 +49,13 @@ pub(crate) enum Out {
     Close(u16, String),
 }
 
+/// Give an emptied queue's capacity back (an idle socket keeps no queue memory).
+pub(crate) fn free_if_empty<T>(q: &mut VecDeque<T>) {
+    if q.is_empty() && q.capacity() > 0 {
+        *q = VecDeque::new();
+    }
+}
+
 /// The queues behind one lock (see [`Outbox`]).
 #[derive(Default)]
 struct Queues {
@@ -108,6 +115,16 @@ impl Outbox {
         }
     }
 
+    /// Wake the socket task also while it waits for the socket to become writable
+    /// (commands and the overflow alarm, see [`Queues::alarm`]).
+    fn wake_urgent(mut q: std::sync::MutexGuard<'_, Queues>) {
+        let alarm = q.alarm.take();
+        Self::wake(q);
+        if let Some(w) = alarm {
+            w.wake();
+        }
+    }
+
     /// Reserve queue space for `cost` bytes; trips the overflow alarm (wakes the task)
     /// when the limit is exceeded (one frame is always accepted into an empty queue).
     pub(crate) fn reserve(&self, cost: usize) -> bool {
@@ -118,12 +135,7 @@ impl Outbox {
         if prev > 0 && prev + cost > self.limit {
             self.queued.fetch_sub(cost, Ordering::Relaxed);
             if !self.overflowed.swap(true, Ordering::Relaxed) {
-                let mut q = self.lock();
-                let alarm = q.alarm.take();
-                Self::wake(q);
-                if let Some(w) = alarm {
-                    w.wake();
-                }
+                Self::wake_urgent(self.lock());
             }
             return false;
         }
@@ -195,11 +207,7 @@ impl Outbox {
             return false;
         }
         q.cmds.push_back(cmd);
-        let alarm = q.alarm.take();
-        Self::wake(q);
-        if let Some(w) = alarm {
-            w.wake();
-        }
+        Self::wake_urgent(q);
         true
     }
 
@@ -249,12 +257,8 @@ impl Outbox {
     /// Free the queue's spare capacity when it is empty (an idle socket keeps none).
     pub(crate) fn trim(&self) {
         let mut q = self.lock();
-        if q.out.is_empty() && q.out.capacity() > 0 {
-            q.out = VecDeque::new();
-        }
-        if q.cmds.is_empty() && q.cmds.capacity() > 0 {
-            q.cmds = VecDeque::new();
-        }
+        free_if_empty(&mut q.out);
+        free_if_empty(&mut q.cmds);
     }
 
     /// The task stops taking commands: queued ones are dropped (their callers see the

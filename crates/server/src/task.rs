@@ -46,7 +46,7 @@ use crate::middleware::{
 use crate::rpc::{HandlerFuture, ReceivedEvent, Request};
 use crate::server::ServerInner;
 use crate::socket::{
-    AuthInfo, CloseInfo, Cmd, FRAME_OVERHEAD, Out, Socket, SocketShared, SocketState,
+    AuthInfo, CloseInfo, Cmd, FRAME_OVERHEAD, Out, Socket, SocketShared, SocketState, free_if_empty,
 };
 use crate::ws::{ServerWs, WsError, WsMessage};
 
@@ -470,16 +470,10 @@ impl SocketTask {
 
     /// Every ping interval: an idle socket gives back the queue capacity a burst left.
     fn trim_idle_buffers(&mut self) {
-        if self.wstate.out.is_empty() && self.wstate.out.capacity() > 0 {
-            self.wstate.out = VecDeque::new();
-        }
+        free_if_empty(&mut self.wstate.out);
         self.shared.outbox.trim();
-        if self.inbox.is_empty() && self.inbox.capacity() > 0 {
-            self.inbox = VecDeque::new();
-        }
-        if self.batch.is_empty() && self.batch.capacity() > 0 {
-            self.batch = VecDeque::new();
-        }
+        free_if_empty(&mut self.inbox);
+        free_if_empty(&mut self.batch);
     }
 
     fn on_overflow(&mut self) {
@@ -604,11 +598,9 @@ impl SocketTask {
             };
             self.handle_inbound(inbound);
         }
-        if self.inbox.is_empty() && self.inbox.capacity() > 0 {
-            // Only a socket whose processing waited (middleware, broker) used the
-            // read-ahead queue; an idle socket keeps none.
-            self.inbox = VecDeque::new();
-        }
+        // Only a socket whose processing waited (middleware, broker) used the read-ahead
+        // queue; an idle socket keeps none.
+        free_if_empty(&mut self.inbox);
     }
 
     /// Queue an inbound message, or process it right away when nothing is ahead of it

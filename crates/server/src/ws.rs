@@ -686,7 +686,7 @@ fn parse_close(payload: &[u8]) -> Result<Option<(u16, String)>, WsError> {
         [_] => Err(WsError::Protocol("close frame with a 1-byte payload")),
         [a, b, reason @ ..] => {
             let code = u16::from_be_bytes([*a, *b]);
-            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+            if !socketcluster_protocol::CloseCode(code).is_sendable() {
                 return Err(WsError::Protocol("invalid close code"));
             }
             let reason = std::str::from_utf8(reason).map_err(|_| WsError::Utf8)?;
