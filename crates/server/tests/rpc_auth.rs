@@ -467,3 +467,31 @@ async fn deauthenticate_with_reject_on_failed_delivery() {
         .expect("no rejection without reject_on_failed_delivery");
     socket.deauthenticate().await;
 }
+
+/// Handlers are polled once inside the socket's task and spawned only when they wait:
+/// one that awaits still runs concurrently (a later synchronous answer overtakes it),
+/// and one that panics leaves the socket working (its request is just not answered,
+/// as when a spawned handler task panics).
+#[tokio::test]
+async fn waiting_and_panicking_handlers_do_not_hold_up_the_socket() {
+    let server = start(config()).await;
+    server.procedure("boom", |_req: socketcluster_server::Request| async move {
+        panic!("handler bug (expected by this test)");
+    });
+    server.procedure("later", |req: socketcluster_server::Request| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        req.respond(&"late");
+    });
+    let mut c = open(&server).await;
+    c.send(r#"{"event":"boom","cid":2}"#).await;
+    c.send(r#"{"event":"later","cid":3}"#).await;
+    c.send(r#"{"event":"echo","data":"now","cid":4}"#).await;
+    assert_eq!(c.text().await, r#"{"rid":4,"data":"now"}"#);
+    assert_eq!(c.text().await, r#"{"rid":3,"data":"late"}"#);
+    c.silent_for(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(
+        c.invoke("echo", json!("still open"), 5).await["data"],
+        "still open"
+    );
+    assert_eq!(server.clients_count(), 1);
+}
