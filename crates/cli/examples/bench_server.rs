@@ -38,6 +38,10 @@ struct Args {
     /// Worker threads of the runtime (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Busy polling window in µs after each inbound message (`ServerConfig::busy_poll`;
+    /// 0: off, the default and the setting compared with the JS server).
+    #[arg(long, default_value_t = 0)]
+    busy_poll_us: u64,
 }
 
 async fn shutdown_signal() {
@@ -63,7 +67,8 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .with_allow_client_publish(true)
         .with_ping_interval(Duration::from_millis(8_000))
         .with_ping_timeout(Duration::from_millis(30_000))
-        .with_limits(Limits::default().socket_channel_limit(None));
+        .with_limits(Limits::default().socket_channel_limit(None))
+        .with_busy_poll((args.busy_poll_us > 0).then(|| Duration::from_micros(args.busy_poll_us)));
     let server = Server::new(config)?;
     server.procedure("echo", |mut req: Request| async move {
         let data = req.take_raw_data();

@@ -95,6 +95,7 @@
 
 pub mod auth;
 pub mod broker;
+mod busy_poll;
 pub mod channel;
 mod config;
 mod error;

@@ -66,6 +66,8 @@ pub(crate) struct ServerInner {
     events: broadcast::Sender<ServerEvent>,
     pub(crate) stats: Stats,
     pub(crate) shutdown: CancellationToken,
+    /// Opt-in busy polling ([`ServerConfig::busy_poll`]).
+    pub(crate) busy_poll: Option<crate::busy_poll::BusyPoll>,
     local_addr: Mutex<Option<SocketAddr>>,
     next_key: AtomicU64,
     self_ref: OnceLock<std::sync::Weak<ServerInner>>,
@@ -247,6 +249,10 @@ impl Server {
             events,
             stats: Stats::default(),
             shutdown: CancellationToken::new(),
+            busy_poll: config
+                .busy_poll
+                .filter(|w| !w.is_zero())
+                .map(crate::busy_poll::BusyPoll::new),
             local_addr: Mutex::new(None),
             next_key: AtomicU64::new(1),
             self_ref: OnceLock::new(),
@@ -566,6 +572,9 @@ impl Server {
         // Every socket task (open or still handshaking) watches this token and closes
         // with 1001.
         self.inner.shutdown.cancel();
+        if let Some(bp) = &self.inner.busy_poll {
+            bp.stop();
+        }
         let wait = self.inner.config.limits.close_timeout + Duration::from_secs(1);
         let _ = tokio::time::timeout(wait, async {
             loop {

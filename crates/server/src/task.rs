@@ -606,6 +606,9 @@ impl SocketTask {
     /// Queue an inbound message, or process it right away when nothing is ahead of it
     /// (the common case: no allocation, no queue).
     fn on_inbound(&mut self, inbound: Inbound) {
+        if let Some(bp) = &self.server.busy_poll {
+            bp.touch();
+        }
         if self.step.is_none()
             && self.closing.is_none()
             && self.inbox.is_empty()

@@ -495,3 +495,34 @@ async fn waiting_and_panicking_handlers_do_not_hold_up_the_socket() {
     );
     assert_eq!(server.clients_count(), 1);
 }
+
+/// `ServerConfig::busy_poll`: answers are unchanged while the server polls busily, the
+/// first inbound message starts one polling task, and it does not outlive the server
+/// (no leaked task after shutdown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_server_answers_and_stops_polling_at_shutdown() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let mut alive = Vec::new();
+    for busy_poll in [None, Some(Duration::from_millis(50))] {
+        let server = start(config().with_busy_poll(busy_poll)).await;
+        let mut c = open(&server).await;
+        for cid in 2..50u64 {
+            let reply = c.invoke("echo", json!({ "n": cid }), cid).await;
+            assert_eq!(reply, json!({ "rid": cid, "data": { "n": cid } }));
+        }
+        alive.push(metrics.num_alive_tasks());
+        let s2 = server.clone();
+        let shutdown = tokio::spawn(async move { s2.shutdown().await });
+        assert_eq!(c.closed().await.0, 1001);
+        drop(c);
+        shutdown.await.unwrap();
+        drop(server);
+        // Every socket task (and the polling task) ends.
+        eventually(|| metrics.num_alive_tasks() == 0).await;
+    }
+    assert_eq!(
+        alive[1],
+        alive[0] + 1,
+        "tasks alive without/with busy polling"
+    );
+}

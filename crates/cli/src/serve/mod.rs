@@ -68,6 +68,7 @@ pub(crate) fn server_config(s: &Settings) -> Result<ServerConfig, InvalidSetting
         .with_ping_interval(Duration::from_millis(s.ping_interval))
         .with_ping_timeout(Duration::from_millis(s.ping_timeout))
         .with_handshake_timeout(Duration::from_millis(s.handshake_timeout))
+        .with_busy_poll((s.busy_poll_us > 0).then(|| Duration::from_micros(s.busy_poll_us)))
         .with_ack_timeout(Duration::from_millis(s.ack_timeout))
         .with_origins(s.origins.clone())
         .with_tls(tls)
