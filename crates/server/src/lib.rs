@@ -72,6 +72,25 @@
 //! * Every per-socket resource is bounded ([`Limits`]); a client that does not read is
 //!   disconnected (1008) instead of growing memory, and never affects other clients.
 //!
+//! # Latency: opt-in busy polling
+//!
+//! Under light request/response traffic most of a round trip is spent waking the
+//! thread that sleeps in `epoll_wait` (tens of µs on a VM; the server's own work is a
+//! few µs). [`ServerConfig::busy_poll`] trades a busy core for that wake-up: after each
+//! inbound message one runtime worker keeps polling for I/O, without sleeping, for the
+//! given window. Measured on the 2-core VM of `docs/BENCHMARKS.md`: sequential RPC p50
+//! 0.07-0.08 ms without, 0.033-0.035 ms with a 100 µs window. Off by default (the JS
+//! server has no equivalent); it costs nothing while the server is idle.
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use socketcluster_server::{Server, ServerConfig};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ServerConfig::default().with_busy_poll(Some(Duration::from_micros(100)));
+//! let server = Server::bind(config).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Differences from the JS server (deliberate)
 //!
 //! * A socket whose token expires is deauthenticated at that moment by a timer
