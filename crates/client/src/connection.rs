@@ -1254,6 +1254,13 @@ impl Connection {
     }
 
     fn on_text(&mut self, text: &str) {
+        // Publications are most of the inbound traffic: one pass, no intermediate
+        // allocation, for the form servers send them in (anything else, and any
+        // publication in another shape, takes the general path below).
+        if let Some(p) = ev::parse_publish_frame(text) {
+            self.deliver_publication(p.channel, Some(p.data));
+            return;
+        }
         let version: ProtocolVersion = self.opts.protocol_version;
         match codec::decode(text, Role::Client, version) {
             Frame::Heartbeat => {
@@ -1322,7 +1329,7 @@ impl Connection {
         match e.event.as_str() {
             ev::PUBLISH => {
                 if let Some(p) = ev::parse_publish(e.data.as_deref()) {
-                    self.deliver_publication(p.channel, p.data);
+                    self.deliver_publication(&p.channel, p.data.as_deref());
                 }
             }
             ev::KICK_OUT => {
@@ -1436,23 +1443,16 @@ impl Connection {
         }
     }
 
-    fn deliver_publication(&mut self, channel: String, data: RawData) {
+    fn deliver_publication(&mut self, channel: &str, data: Option<&RawValue>) {
         // Delivered in any state, including pending (PROTOCOL.md 6.5).
-        let Some(entry) = self.channels.get_mut(&channel) else {
+        let Some(entry) = self.channels.get_mut(channel) else {
             return;
         };
         let mut slow = Vec::new();
-        let n = entry.consumers.len();
-        let mut data = data;
-        for (i, c) in entry.consumers.iter_mut().enumerate() {
-            let d = if i + 1 == n {
-                data.take()
-            } else {
-                data.clone()
-            };
+        for c in entry.consumers.iter_mut() {
             let m = Message {
-                channel: channel.clone(),
-                data: d,
+                channel: channel.to_owned(),
+                data: data.map(RawValue::to_owned),
             };
             if c.tx.try_send(m).is_err() {
                 c.dropped += 1;
@@ -1462,7 +1462,7 @@ impl Connection {
         for dropped in slow {
             tracing::warn!(channel = %channel, dropped, "slow subscription consumer: message dropped");
             self.emit(Event::SlowConsumer {
-                name: channel.clone(),
+                name: channel.to_owned(),
                 dropped,
             });
         }

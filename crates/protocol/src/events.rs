@@ -355,6 +355,51 @@ pub fn parse_publish(data: Option<&RawValue>) -> Option<Publication> {
     })
 }
 
+/// An inbound `#publish` frame, borrowed from the frame's text
+/// ([`parse_publish_frame`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PublishFrame<'a> {
+    /// Channel name (contains no escape sequence).
+    pub channel: &'a str,
+    /// Published data.
+    pub data: &'a RawValue,
+}
+
+/// Prefix of every `#publish` frame as [`publish_frame`] and the JS server write it.
+const PUBLISH_PREFIX: &str = "{\"event\":\"#publish\",\"data\":{\"channel\":\"";
+
+/// One-pass fast path for inbound `#publish` frames in the exact form servers send them
+/// (ours via [`publish_frame`], and the JS server):
+/// `{"event":"#publish","data":{"channel":"<name>","data":<JSON>}}`, with no escape
+/// sequence in the channel name. The data is validated as JSON while it is located;
+/// nothing is allocated.
+///
+/// `None` for every other frame, including valid ones in another shape (other key
+/// order, whitespace, escapes, extra keys, absent data): decode those with
+/// [`crate::codec::decode`] and [`parse_publish`]. For every frame this accepts, that
+/// general path yields the same channel and data (property-tested).
+pub fn parse_publish_frame(text: &str) -> Option<PublishFrame<'_>> {
+    let rest = text.strip_prefix(PUBLISH_PREFIX)?;
+    let end = rest.find('"')?;
+    let channel = &rest[..end];
+    if channel.bytes().any(|b| b == b'\\' || b < 0x20) {
+        return None;
+    }
+    let rest = rest[end + 1..].strip_prefix(",\"data\":")?;
+    let mut de = serde_json::Deserializer::from_str(rest);
+    let data: &RawValue = serde::Deserialize::deserialize(&mut de).ok()?;
+    // The raw value borrows from `rest`: what follows it must close both objects.
+    let value_end = data.get().as_ptr() as usize - rest.as_ptr() as usize + data.get().len();
+    let mut tail = rest[value_end..]
+        .bytes()
+        .filter(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t'));
+    if tail.next() == Some(b'}') && tail.next() == Some(b'}') && tail.next().is_none() {
+        Some(PublishFrame { channel, data })
+    } else {
+        None
+    }
+}
+
 /// `#kickOut` data `{"channel":C[,"message":M]}`.
 pub fn kick_out_data(channel: &str, message: Option<&RawValue>) -> Box<RawValue> {
     let mut b = String::from("{\"channel\":");
