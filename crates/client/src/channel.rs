@@ -150,7 +150,7 @@ pub struct ChannelStatus {
 pub struct Subscription {
     pub(crate) channel: String,
     pub(crate) id: u64,
-    pub(crate) rx: mpsc::Receiver<Message>,
+    pub(crate) rx: crate::queue::Queue<Message>,
     pub(crate) status: watch::Receiver<ChannelStatus>,
     pub(crate) cmd: mpsc::UnboundedSender<Command>,
 }
@@ -283,7 +283,7 @@ impl<T: DeserializeOwned> Stream for TypedSubscription<T> {
 #[derive(Debug)]
 pub(crate) struct Consumer {
     pub(crate) id: u64,
-    pub(crate) tx: mpsc::Sender<Message>,
+    pub(crate) tx: crate::queue::Sender<Message>,
     pub(crate) dropped: u64,
 }
 

@@ -331,7 +331,7 @@ impl Client {
 
     /// A stream of the events the server transmits under `event`.
     pub fn receiver(&self, event: &str) -> Receiver {
-        let (tx, rx) = mpsc::channel(self.inner.options.buffer_capacity);
+        let (tx, rx) = crate::queue::bounded(self.inner.options.buffer_capacity);
         let id = self.next_id();
         self.send(Command::AddHandler {
             name: event.to_owned(),
@@ -358,7 +358,7 @@ impl Client {
     /// # }
     /// ```
     pub fn procedure(&self, procedure: &str) -> Procedure {
-        let (tx, rx) = mpsc::channel(self.inner.options.buffer_capacity);
+        let (tx, rx) = crate::queue::bounded(self.inner.options.buffer_capacity);
         let id = self.next_id();
         self.send(Command::AddHandler {
             name: procedure.to_owned(),
@@ -398,7 +398,7 @@ impl Client {
         channel: &str,
         options: SubscribeOptions,
     ) -> Result<Subscription, SubscribeError> {
-        let (tx, rx) = mpsc::channel(self.inner.options.buffer_capacity);
+        let (tx, rx) = crate::queue::bounded(self.inner.options.buffer_capacity);
         let (rtx, rrx) = oneshot::channel();
         let id = self.next_id();
         if !self.send(Command::Subscribe {

@@ -107,7 +107,7 @@ pub(crate) enum Command {
         channel: String,
         options: SubscribeOptions,
         consumer_id: u64,
-        tx: mpsc::Sender<Message>,
+        tx: crate::queue::Sender<Message>,
         reply: oneshot::Sender<watch::Receiver<crate::channel::ChannelStatus>>,
     },
     DropConsumer {
@@ -1591,7 +1591,7 @@ impl Connection {
         channel: String,
         options: SubscribeOptions,
         consumer_id: u64,
-        tx: mpsc::Sender<Message>,
+        tx: crate::queue::Sender<Message>,
         reply: oneshot::Sender<watch::Receiver<crate::channel::ChannelStatus>>,
     ) {
         if self.terminated {

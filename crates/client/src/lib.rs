@@ -9,6 +9,7 @@ mod connector;
 pub mod error;
 pub mod events;
 mod options;
+mod queue;
 pub mod rpc;
 
 pub use auth::{

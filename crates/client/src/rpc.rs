@@ -39,7 +39,7 @@ impl Transmitted {
 pub struct Receiver {
     pub(crate) name: String,
     pub(crate) id: u64,
-    pub(crate) rx: mpsc::Receiver<Transmitted>,
+    pub(crate) rx: crate::queue::Queue<Transmitted>,
     pub(crate) cmd: mpsc::UnboundedSender<Command>,
 }
 
@@ -144,7 +144,7 @@ impl Request {
 pub struct Procedure {
     pub(crate) name: String,
     pub(crate) id: u64,
-    pub(crate) rx: mpsc::Receiver<Request>,
+    pub(crate) rx: crate::queue::Queue<Request>,
     pub(crate) cmd: mpsc::UnboundedSender<Command>,
 }
 
@@ -181,6 +181,6 @@ impl Drop for Procedure {
 
 /// A handler registered in the connection task.
 pub(crate) enum Handler {
-    Receiver(mpsc::Sender<Transmitted>),
-    Procedure(mpsc::Sender<Request>),
+    Receiver(crate::queue::Sender<Transmitted>),
+    Procedure(crate::queue::Sender<Request>),
 }
