@@ -74,6 +74,37 @@ pub(crate) struct Snapshot {
 }
 
 type RawData = Option<Box<RawValue>>;
+
+/// Hasher for the pending-request map, whose keys are our own sequential cids: one
+/// multiplication (Fibonacci hashing spreads consecutive keys over the table's control
+/// bytes) instead of SipHash, which protects against keys chosen by an attacker; these
+/// are not (a server's `rid` is only ever looked up).
+#[derive(Clone, Copy, Default)]
+struct CidHash;
+
+impl std::hash::BuildHasher for CidHash {
+    type Hasher = CidHasher;
+    fn build_hasher(&self) -> CidHasher {
+        CidHasher(0)
+    }
+}
+
+#[derive(Default)]
+struct CidHasher(u64);
+
+impl std::hash::Hasher for CidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 type InvokeReply = oneshot::Sender<Result<RawData, InvokeError>>;
 type AuthReply = oneshot::Sender<Result<AuthStatus, InvokeError>>;
 
@@ -239,7 +270,7 @@ pub(crate) struct Connection {
     store_ops: Vec<StoreOp>,
 
     cids: CidAllocator,
-    pending: HashMap<u64, Pending>,
+    pending: HashMap<u64, Pending, CidHash>,
     queue: VecDeque<Queued>,
     next_qid: u64,
     timers: BTreeSet<(Instant, TimerKey)>,
@@ -353,7 +384,7 @@ impl Connection {
             out: Vec::new(),
             store_ops: Vec::new(),
             cids: CidAllocator::new(),
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             queue: VecDeque::new(),
             next_qid: 1,
             timers: BTreeSet::new(),
