@@ -55,6 +55,10 @@ pub(crate) struct ClientArgs {
     /// Auto-reconnect: longest delay in ms.
     #[arg(long, default_value_t = 60_000)]
     reconnect_max_delay: u64,
+    /// Prefix put before channel names on the wire and removed from received ones (JS
+    /// `channelPrefix`).
+    #[arg(long, env = "SOCKETCLUSTER_CHANNEL_PREFIX")]
+    channel_prefix: Option<String>,
 }
 
 /// A failure of a client command: printed as `Name: message` on stderr, exit status 1.
@@ -97,6 +101,9 @@ impl ClientArgs {
                 self.reconnect_multiplier,
                 Duration::from_millis(self.reconnect_max_delay),
             );
+        if let Some(p) = &self.channel_prefix {
+            b = b.channel_prefix(p.clone());
+        }
         if let Some(t) = &self.auth_token {
             b = b.token_store(MemoryTokenStore::with_token(t.clone()));
         }

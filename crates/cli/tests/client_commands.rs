@@ -276,6 +276,45 @@ async fn subscribe_prints_json_lines_and_exits_after_count() {
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
 }
 
+/// `--channel-prefix` (JS `channelPrefix`) against the JS server: subscribing to `ed`
+/// with prefix `fe` subscribes the server's `feed`; the lines name `ed`.
+#[tokio::test]
+async fn subscribe_with_channel_prefix_uses_the_prefixed_name_on_the_wire() {
+    let server = JsServer::start(JsServerOptions {
+        extra: json!({"publisher": {"channel": "feed", "intervalMs": 50}})
+            .as_object()
+            .unwrap()
+            .clone(),
+        ..Default::default()
+    })
+    .await;
+    let out = run(
+        &[
+            "subscribe",
+            "--url",
+            &server.url(),
+            "--channel-prefix",
+            "fe",
+            "--count",
+            "2",
+            "ed",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        assert_eq!(l["channel"], "ed");
+        assert!(l["data"]["seq"].is_u64());
+    }
+}
+
 #[tokio::test]
 async fn subscribe_with_token_command_survives_a_restart_with_a_new_key() {
     // Issue "Client, part 2" CLI test; PROTOCOL.md 5.1 (restart with another key), 6.4.

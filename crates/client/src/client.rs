@@ -473,7 +473,8 @@ impl Client {
         channel: &str,
         data: Option<Box<RawValue>>,
     ) -> Result<(), InvokeError> {
-        let d = socketcluster_protocol::events::publish_data(channel, data.as_deref());
+        let channel = self.inner.options.wire_channel(channel);
+        let d = socketcluster_protocol::events::publish_data(&channel, data.as_deref());
         self.invoke_raw(socketcluster_protocol::events::PUBLISH, Some(d), None)
             .await
             .map(|_| ())
@@ -486,7 +487,8 @@ impl Client {
         data: &T,
     ) -> Result<(), TransmitError> {
         let data = to_raw(data).map_err(TransmitError::Serialize)?;
-        let d = socketcluster_protocol::events::publish_data(channel, Some(&data));
+        let channel = self.inner.options.wire_channel(channel);
+        let d = socketcluster_protocol::events::publish_data(&channel, Some(&data));
         self.transmit_raw(socketcluster_protocol::events::PUBLISH, Some(d))
     }
 

@@ -1289,7 +1289,8 @@ impl Connection {
         // allocation, for the form servers send them in (anything else, and any
         // publication in another shape, takes the general path below).
         if let Some(p) = ev::parse_publish_frame(text) {
-            self.deliver_publication(p.channel, Some(p.data));
+            let channel = self.opts.app_channel(p.channel);
+            self.deliver_publication(channel, Some(p.data));
             return;
         }
         let version: ProtocolVersion = self.opts.protocol_version;
@@ -1360,13 +1361,15 @@ impl Connection {
         match e.event.as_str() {
             ev::PUBLISH => {
                 if let Some(p) = ev::parse_publish(e.data.as_deref()) {
-                    self.deliver_publication(&p.channel, p.data.as_deref());
+                    let channel = self.opts.app_channel(&p.channel);
+                    self.deliver_publication(channel, p.data.as_deref());
                 }
             }
             ev::KICK_OUT => {
-                if let Some((channel, message)) = ev::parse_kick_out(e.data.as_deref())
-                    && self.channels.contains_key(&channel)
+                if let Some((wire, message)) = ev::parse_kick_out(e.data.as_deref())
+                    && self.channels.contains_key(self.opts.app_channel(&wire))
                 {
+                    let channel = self.opts.app_channel(&wire).to_owned();
                     self.emit(Event::KickOut {
                         channel: channel.clone(),
                         message,
@@ -1681,7 +1684,7 @@ impl Connection {
         entry.pending_cid = Some(cid);
         entry.sent_unauthenticated = !authenticated;
         let req = ev::SubscribeRequest {
-            channel: channel.to_owned(),
+            channel: self.opts.wire_channel(channel).into_owned(),
             wait_for_auth: entry.options.wait_for_auth,
             data: entry.options.data.clone(),
             options: serde_json::Map::new(),
@@ -1830,7 +1833,8 @@ impl Connection {
             });
         }
         if send && self.is_open() {
-            let data = raw(serde_json::to_string(channel).unwrap_or_default());
+            let wire = self.opts.wire_channel(channel);
+            let data = raw(serde_json::to_string(&*wire).unwrap_or_default());
             let p = EventPacket::transmit(ev::UNSUBSCRIBE, Some(data));
             self.write_packet(p.encode(KeyOrder::Client));
         }

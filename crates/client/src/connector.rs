@@ -51,6 +51,8 @@ pub(crate) struct Dialer {
     headers: Vec<(HeaderName, HeaderValue)>,
     tls: Option<Arc<rustls::ClientConfig>>,
     transport: Option<TransportFactory>,
+    /// `ClientOptions::timestamp_param` when `timestamp_requests` is on.
+    timestamp_param: Option<String>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -97,6 +99,31 @@ pub(crate) fn build_url(options: &ClientOptions) -> Result<url::Url, ConnectErro
     Ok(url)
 }
 
+/// Milliseconds since the Unix epoch (JS `Date.now()`).
+fn unix_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// `url` with `param=<ms>` set (replacing a parameter of that name, like the JS
+/// client's `query[timestampParam] = Date.now()`).
+fn timestamped(url: &str, param: &str, ms: u128) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    let kept: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| k != param)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    u.query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair(param, &ms.to_string());
+    u.to_string()
+}
+
 fn default_tls() -> Result<Arc<rustls::ClientConfig>, ConnectError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -137,6 +164,9 @@ impl Dialer {
             headers,
             tls,
             transport: options.transport.clone(),
+            timestamp_param: options
+                .timestamp_requests
+                .then(|| options.timestamp_param.clone()),
         })
     }
 
@@ -148,8 +178,11 @@ impl Dialer {
     /// Open the WebSocket. The error is a human-readable description (the client reports
     /// every such failure as 1006, like the JS client).
     pub(crate) async fn dial(self) -> Result<WsStream, String> {
-        let mut request = self
-            .url
+        let url = match &self.timestamp_param {
+            Some(param) => timestamped(&self.url, param, unix_millis()),
+            None => self.url.clone(),
+        };
+        let mut request = url
             .as_str()
             .into_client_request()
             .map_err(|e| e.to_string())?;
@@ -207,6 +240,29 @@ mod tests {
         );
         assert!(build_url(&ClientOptions::new("ftp://x")).is_err());
         assert!(build_url(&ClientOptions::new("not a url")).is_err());
+    }
+
+    #[test]
+    fn timestamp_parameter_is_set_once_per_attempt() {
+        let mut o = ClientOptions::new("ws://127.0.0.1:8000/socketcluster/?a=1&t=old");
+        assert!(
+            Dialer::new(&o).unwrap().timestamp_param.is_none(),
+            "off by default"
+        );
+        o.timestamp_requests = true;
+        assert_eq!(
+            Dialer::new(&o).unwrap().timestamp_param.as_deref(),
+            Some("t")
+        );
+        assert_eq!(
+            timestamped(build_url(&o).unwrap().as_ref(), "t", 1_700_000_000_123),
+            "ws://127.0.0.1:8000/socketcluster/?a=1&t=1700000000123"
+        );
+        assert_eq!(
+            timestamped("ws://h/p", "ts", 5),
+            "ws://h/p?ts=5",
+            "custom name, no other parameter"
+        );
     }
 
     #[test]

@@ -79,6 +79,16 @@ pub struct ClientOptions {
     pub reauth_margin: Duration,
     /// A custom rustls configuration for `wss://` URLs. Default: webpki roots, ring.
     pub tls_config: Option<Arc<rustls::ClientConfig>>,
+    /// Prefix put before every channel name on the wire (`#subscribe`, `#unsubscribe`,
+    /// publishes) and removed from inbound publications and kick-outs, so the
+    /// application only sees its own names (JS `channelPrefix`). JS default: none.
+    pub channel_prefix: Option<String>,
+    /// Add `<timestamp_param>=<milliseconds since the epoch>` to the URL of every
+    /// connection attempt, e.g. to get past caching proxies (JS `timestampRequests`).
+    /// JS default: `false`.
+    pub timestamp_requests: bool,
+    /// Name of that query parameter (JS `timestampParam`). JS default: `t`.
+    pub timestamp_param: String,
     pub(crate) transport: Option<crate::connector::TransportFactory>,
 }
 
@@ -99,6 +109,9 @@ impl fmt::Debug for ClientOptions {
             .field("batch_on_handshake", &self.batch_on_handshake)
             .field("token_provider", &self.token_provider.is_some())
             .field("reauth_margin", &self.reauth_margin)
+            .field("channel_prefix", &self.channel_prefix)
+            .field("timestamp_requests", &self.timestamp_requests)
+            .field("timestamp_param", &self.timestamp_param)
             .finish_non_exhaustive()
     }
 }
@@ -128,7 +141,27 @@ impl ClientOptions {
             token_provider: None,
             reauth_margin: Duration::from_secs(30),
             tls_config: None,
+            channel_prefix: None,
+            timestamp_requests: false,
+            timestamp_param: "t".to_owned(),
             transport: None,
+        }
+    }
+
+    /// A channel name as sent on the wire (JS `_decorateChannelName`).
+    pub(crate) fn wire_channel<'a>(&self, channel: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.channel_prefix.as_deref() {
+            Some(p) if !p.is_empty() => std::borrow::Cow::Owned(format!("{p}{channel}")),
+            _ => std::borrow::Cow::Borrowed(channel),
+        }
+    }
+
+    /// A channel name as received, without the prefix when it starts with it (JS
+    /// `_undecorateChannelName`).
+    pub(crate) fn app_channel<'a>(&self, wire: &'a str) -> &'a str {
+        match self.channel_prefix.as_deref() {
+            Some(p) if !p.is_empty() => wire.strip_prefix(p).unwrap_or(wire),
+            _ => wire,
         }
     }
 }
@@ -174,6 +207,21 @@ impl ClientBuilder {
     /// WebSocket path when the URL has none (default `/socketcluster/`).
     pub fn path(mut self, path: impl Into<String>) -> Self {
         self.options.path = path.into();
+        self
+    }
+
+    /// Prefix every channel name on the wire with `prefix` (JS `channelPrefix`; default
+    /// none). The application keeps using its own names: `subscribe("news")` sends
+    /// `#subscribe` for `"<prefix>news"` and its messages carry `"news"`.
+    pub fn channel_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.options.channel_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Add a `t=<ms since the epoch>` query parameter to every connection attempt (JS
+    /// `timestampRequests`; default false). [`ClientOptions::timestamp_param`] names it.
+    pub fn timestamp_requests(mut self, on: bool) -> Self {
+        self.options.timestamp_requests = on;
         self
     }
 
@@ -325,5 +373,27 @@ impl ClientBuilder {
         let _ = auto;
         client.connect_and_wait().await?;
         Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_prefix_is_added_on_the_wire_and_removed_on_the_way_in() {
+        let mut o = ClientOptions::new("ws://h");
+        assert_eq!(o.wire_channel("news"), "news");
+        assert_eq!(o.app_channel("app/news"), "app/news");
+        o.channel_prefix = Some("app/".into());
+        assert_eq!(o.wire_channel("news"), "app/news");
+        assert_eq!(o.app_channel("app/news"), "news");
+        // JS: names without the prefix come through unchanged; only a leading
+        // prefix is removed.
+        assert_eq!(o.app_channel("other"), "other");
+        assert_eq!(o.app_channel("x/app/news"), "x/app/news");
+        assert_eq!(o.app_channel("app/app/n"), "app/n");
+        o.channel_prefix = Some(String::new());
+        assert_eq!(o.wire_channel("news"), "news");
     }
 }

@@ -256,3 +256,65 @@ async fn auto_subscribe_off_waits_for_process_pending_subscriptions() {
     assert_eq!(a["data"]["channel"], "later");
     assert_eq!(b2["data"]["channel"], "later2");
 }
+
+/// JS `channelPrefix`: names carry the prefix on the wire (subscribe, publish,
+/// unsubscribe) and lose it on the way in (publications, kick-outs).
+#[tokio::test(start_paused = true)]
+async fn channel_prefix_is_on_the_wire_only() {
+    let (b, mut server) = builder();
+    let (client, mut conn) = connected(b.channel_prefix("app1/"), &mut server).await;
+    let mut events = client.events();
+    let mut sub = client.subscribe("news").await.unwrap();
+    let req = conn.recv_json().await;
+    assert_eq!(
+        req,
+        json!({"event":"#subscribe","data":{"channel":"app1/news"},"cid":2})
+    );
+    ack(&mut conn, &req).await;
+    sub.subscribed().await.unwrap();
+    assert_eq!(client.subscriptions(false), ["news"]);
+    conn.send_json(json!({"event":"#publish","data":{"channel":"app1/news","data":7}}))
+        .await;
+    let m = sub.recv().await.unwrap();
+    assert_eq!((m.channel.as_str(), m.data_str()), ("news", Some("7")));
+    client.transmit_publish("news", &json!("hi")).unwrap();
+    assert_eq!(
+        conn.recv_json().await,
+        json!({"event":"#publish","data":{"channel":"app1/news","data":"hi"}})
+    );
+    conn.send_json(json!({"event":"#kickOut","data":{"channel":"app1/news","message":"bye"}}))
+        .await;
+    let names = event_names_until(&mut events, |e| e.name() == "unsubscribe").await;
+    assert!(names.contains(&"kickOut(news)".to_owned()), "{names:?}");
+    assert!(sub.recv().await.is_none());
+    // A new subscription, unsubscribed by the application: `#unsubscribe` with the prefix.
+    let sub2 = client.subscribe("sport").await.unwrap();
+    let req = conn.recv_json().await;
+    assert_eq!(req["data"]["channel"], "app1/sport");
+    ack(&mut conn, &req).await;
+    sub2.subscribed().await.unwrap();
+    client.unsubscribe("sport");
+    assert_eq!(
+        conn.recv_json().await,
+        json!({"event":"#unsubscribe","data":"app1/sport"})
+    );
+}
+
+/// JS `timestampRequests`: every connection attempt carries `t=<ms since the epoch>`.
+#[tokio::test]
+async fn timestamp_requests_put_the_time_in_the_url() {
+    let (b, mut server) = builder();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let _client = b.query("a", "1").timestamp_requests(true).build().unwrap();
+    let (_conn, uri) = server.accept_uri().await;
+    let (path, query) = uri.split_once('?').expect("a query");
+    assert_eq!(path, "/socketcluster/");
+    let pairs: Vec<(&str, &str)> = query.split('&').filter_map(|p| p.split_once('=')).collect();
+    assert_eq!(pairs[0], ("a", "1"));
+    assert_eq!(pairs[1].0, "t");
+    let t: u128 = pairs[1].1.parse().unwrap();
+    assert!(t >= before && t < before + 60_000, "{t} vs {before}");
+}

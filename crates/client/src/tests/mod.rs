@@ -66,6 +66,23 @@ impl FakeServer {
         FakeConn { ws }
     }
 
+    /// The next WebSocket connection and the path and query it asked for.
+    #[allow(clippy::result_large_err)] // tungstenite's callback signature
+    pub(crate) async fn accept_uri(&mut self) -> (FakeConn, String) {
+        let io = self.rx.recv().await.expect("a connection attempt");
+        let mut uri = String::new();
+        let ws = tokio_tungstenite::accept_hdr_async(
+            io,
+            |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                uri = req.uri().to_string();
+                Ok(resp)
+            },
+        )
+        .await
+        .expect("upgrade");
+        (FakeConn { ws }, uri)
+    }
+
     /// The next connection attempt, without answering the upgrade.
     pub(crate) async fn accept_raw(&mut self) -> DuplexStream {
         self.rx.recv().await.expect("a connection attempt")
