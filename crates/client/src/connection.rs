@@ -1035,7 +1035,16 @@ impl Connection {
             self.snapshot.send_modify(|s| s.pending_reconnect = None);
             return;
         }
+        self.announce_v1_disconnect(code, reason.as_deref());
         self.close_connection_with(code, reason.clone(), reason.unwrap_or_default(), true);
+    }
+
+    /// A v14 client transmits `#disconnect` `{code, data}` before it closes an open
+    /// connection itself (PROTOCOL.md 1.4; v14 `SCTransport.close`); v20 peers do not.
+    fn announce_v1_disconnect(&mut self, code: CloseCode, reason: Option<&str>) {
+        if self.opts.protocol_version == ProtocolVersion::V1 && self.is_open() {
+            self.write_direct(ev::v1_disconnect_frame(code.0, reason));
+        }
     }
 
     /// Close because of `code`; the locally reported reason is `reason` or the table text.
@@ -1221,6 +1230,7 @@ impl Connection {
             return;
         }
         if !matches!(self.phase, Phase::Closed) {
+            self.announce_v1_disconnect(CloseCode::NORMAL, None);
             self.close_connection_with(CloseCode::NORMAL, None, String::new(), true);
         }
         self.terminated = true;

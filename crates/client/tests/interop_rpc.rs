@@ -337,3 +337,20 @@ async fn subscribe_and_publish_round_trip() {
         client.close().await;
     }
 }
+
+/// PROTOCOL.md 1.4: against the v14 server, a protocol-1 client's disconnect (announced
+/// with `#disconnect` {code, data}, then the close frame) is reported once with that code
+/// and reason. (The exact frames are checked against the scripted fake server in
+/// `tests::lifecycle`; the v14 server reports the same from the close frame alone, so
+/// this checks that the announcement is accepted, not that it is sent.)
+#[tokio::test]
+async fn v14_server_sees_the_code_and_reason_of_a_client_disconnect() {
+    let server = start(v14()).await;
+    let client = client_for(&server, JsVersion::V14).connect().await.unwrap();
+    server.wait_for("connection", WAIT).await;
+    client.disconnect(4200, Some("v14 leaving"));
+    let d = server.wait_for("disconnection", WAIT).await;
+    assert_eq!(d["code"], 4200, "{d}");
+    assert_eq!(d["reason"], "v14 leaving", "{d}");
+    client.close().await;
+}

@@ -426,6 +426,18 @@ pub fn parse_unsubscribe(data: Option<&RawValue>) -> Option<String> {
     serde_json::from_str::<String>(data?.get()).ok()
 }
 
+/// The v14 `#disconnect` transmit a v14 peer sends before it closes (PROTOCOL.md 1.4):
+/// `{"event":"#disconnect","data":{"code":n[,"data":reason]}}`.
+pub fn v1_disconnect_frame(code: u16, reason: Option<&str>) -> String {
+    let mut b = format!("{{\"event\":\"#disconnect\",\"data\":{{\"code\":{code}");
+    if let Some(r) = reason {
+        b.push_str(",\"data\":");
+        json::push_str(&mut b, r);
+    }
+    b.push_str("}}");
+    b
+}
+
 /// The v14 `#disconnect` data `{"code":n,"data":reason}` (PROTOCOL.md 1.4).
 pub fn parse_v1_disconnect(data: Option<&RawValue>) -> Option<(u16, Option<String>)> {
     let Value::Object(m) = serde_json::from_str::<Value>(data?.get()).ok()? else {
@@ -439,6 +451,22 @@ pub fn parse_v1_disconnect(data: Option<&RawValue>) -> Option<(u16, Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_disconnect_frames_match_the_captures() {
+        // PROTOCOL.md section 14 captures (v14 client / server).
+        assert_eq!(
+            v1_disconnect_frame(4200, Some("v14 leaving")),
+            r##"{"event":"#disconnect","data":{"code":4200,"data":"v14 leaving"}}"##
+        );
+        assert_eq!(
+            v1_disconnect_frame(4501, None),
+            r##"{"event":"#disconnect","data":{"code":4501}}"##
+        );
+        let f = v1_disconnect_frame(1000, Some("a \"quoted\" reason"));
+        let v: Value = serde_json::from_str(&f).unwrap();
+        assert_eq!(v["data"]["data"], "a \"quoted\" reason");
+    }
 
     fn r(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_owned()).unwrap()

@@ -319,6 +319,42 @@ async fn client_disconnect_sends_the_code_and_applies_the_policy_to_it() {
     assert_eq!(client.state(), ConnectionState::Closed);
 }
 
+/// PROTOCOL.md 1.4: a v14 client transmits `#disconnect` before closing an open
+/// connection itself (disconnect, reconnect, close); v20 does not (the test above:
+/// `recv_close` fails on any text frame).
+#[tokio::test(start_paused = true)]
+async fn v1_client_announces_its_disconnect_before_closing() {
+    let (b, mut server) = builder();
+    let (client, mut conn) = connected(b.protocol_version(ProtocolVersion::V1), &mut server).await;
+    client.disconnect(4200, Some("v14 leaving"));
+    assert_eq!(
+        conn.read().await,
+        Read::Text(r##"{"event":"#disconnect","data":{"code":4200,"data":"v14 leaving"}}"##.into())
+    );
+    assert_eq!(
+        conn.recv_close().await,
+        Some((4200, "v14 leaving".to_owned()))
+    );
+    // Reconnect (1000, no reason), then a final close.
+    client.connect_now();
+    let (mut conn, _) = server.accept_handshake().await;
+    wait_open(&client).await;
+    client.reconnect();
+    assert_eq!(
+        conn.read().await,
+        Read::Text(r##"{"event":"#disconnect","data":{"code":1000}}"##.into())
+    );
+    assert_eq!(conn.recv_close().await, Some((1000, String::new())));
+    let (mut conn, _) = server.accept_handshake().await;
+    wait_open(&client).await;
+    client.close().await;
+    assert_eq!(
+        conn.read().await,
+        Read::Text(r##"{"event":"#disconnect","data":{"code":1000}}"##.into())
+    );
+    assert_eq!(conn.recv_close().await, Some((1000, String::new())));
+}
+
 #[tokio::test(start_paused = true)]
 async fn reconnect_emits_disconnect_1000_then_connects_again() {
     let (b, mut server) = builder();
