@@ -141,6 +141,7 @@ impl ServerInner {
                 auth: None,
                 channels: HashMap::new(),
                 channel_seq: 0,
+                streams: None,
             }),
             outbound_mw: OnceLock::new(),
             closed: OnceLock::new(),
@@ -148,6 +149,7 @@ impl ServerInner {
             ack_timeout: self.config.ack_timeout,
             server: Arc::downgrade(&this),
             app_batching: std::sync::atomic::AtomicBool::new(false),
+            has_streams: std::sync::atomic::AtomicBool::new(false),
         });
         self.stats
             .connections_accepted

@@ -370,6 +370,16 @@ pub(crate) struct View {
     /// number, for listing them in subscription order.
     pub(crate) channels: HashMap<Arc<str>, u64>,
     pub(crate) channel_seq: u64,
+    /// This socket's own procedure and receiver streams ([`Socket::procedure`],
+    /// [`Socket::receiver`]); none for most sockets.
+    pub(crate) streams: Option<Box<SocketStreams>>,
+}
+
+/// Per-socket streams, by name (a few at most: a `Vec` beats a map).
+#[derive(Default)]
+pub(crate) struct SocketStreams {
+    procedures: Vec<(String, mpsc::Sender<crate::rpc::Request>)>,
+    receivers: Vec<(String, mpsc::Sender<crate::rpc::ReceivedEvent>)>,
 }
 
 /// Commands from handles to the socket task.
@@ -480,6 +490,8 @@ pub(crate) struct SocketShared {
     /// The application started batching (JS `isBatching`): the handshake batching
     /// window does not stop it.
     pub(crate) app_batching: AtomicBool,
+    /// [`View::streams`] was ever set: only then does dispatch take the view lock.
+    pub(crate) has_streams: AtomicBool,
 }
 
 impl SocketShared {
@@ -500,6 +512,69 @@ impl SocketShared {
     }
 
     /// Record how the socket closed and wake everyone waiting for it (once).
+    /// Whether a live stream of this socket takes invokes of `procedure`.
+    pub(crate) fn has_procedure_stream(&self, procedure: &str) -> bool {
+        let mut v = self.view();
+        let Some(st) = v.streams.as_mut() else {
+            return false;
+        };
+        st.procedures.retain(|(_, tx)| !tx.is_closed());
+        st.procedures.iter().any(|(n, _)| n == procedure)
+    }
+
+    /// Hand `req` to this socket's first live stream for its procedure; gives it back
+    /// when there is none (then the server-wide handler takes it). A full stream drops
+    /// the request, as the server-wide streams do ([`crate::rpc::STREAM_CAPACITY`]).
+    pub(crate) fn offer_request(&self, req: crate::rpc::Request) -> Option<crate::rpc::Request> {
+        let mut v = self.view();
+        let st = v.streams.as_mut()?;
+        let mut req = req;
+        while let Some(i) = st.procedures.iter().position(|(n, _)| n == req.procedure()) {
+            match st.procedures[i].1.try_send(req) {
+                Ok(()) => return None,
+                Err(mpsc::error::TrySendError::Full(r)) => {
+                    tracing::warn!(socket = %self.id, procedure = %r.procedure(), "socket procedure stream full; request dropped");
+                    return None;
+                }
+                Err(mpsc::error::TrySendError::Closed(r)) => {
+                    st.procedures.remove(i);
+                    req = r;
+                }
+            }
+        }
+        Some(req)
+    }
+
+    /// Hand a transmitted event to every live stream of this socket for its name;
+    /// false when there is none (then the server-wide handler takes it).
+    pub(crate) fn offer_event(
+        &self,
+        socket: &Socket,
+        event: &str,
+        data: &Option<Box<RawValue>>,
+    ) -> bool {
+        let mut v = self.view();
+        let Some(st) = v.streams.as_mut() else {
+            return false;
+        };
+        st.receivers.retain(|(_, tx)| !tx.is_closed());
+        let mut any = false;
+        for (_, tx) in st.receivers.iter().filter(|(n, _)| n == event) {
+            any = true;
+            let ev = crate::rpc::ReceivedEvent::new(socket.clone(), event.to_owned(), data.clone());
+            if tx.try_send(ev).is_err() {
+                tracing::warn!(socket = %self.id, event, "socket receiver stream full; event dropped");
+            }
+        }
+        any
+    }
+
+    /// End this socket's streams (the socket task is over).
+    pub(crate) fn end_streams(&self) {
+        let streams = self.view().streams.take();
+        drop(streams);
+    }
+
     pub(crate) fn set_closed(&self, info: CloseInfo) {
         let _ = self.closed.set(info);
         self.closed_notify.notify_waiters();
@@ -565,6 +640,57 @@ fn to_raw<T: Serialize + ?Sized>(data: &T) -> Result<Box<RawValue>, String> {
 }
 
 impl Socket {
+    /// This socket's invokes of `procedure` as a stream (JS `socket.procedure(name)`),
+    /// answered with [`Request::respond`](crate::Request::respond) and friends. While
+    /// the stream lives it takes the socket's invokes of that name before the
+    /// server-wide handler ([`crate::Server::procedure`]); with several streams of one
+    /// name the oldest live one gets each request (JS hands it to every consumer and
+    /// keeps the first answer). The stream ends when the socket closes; a full stream
+    /// ([`crate::rpc::STREAM_CAPACITY`]) drops requests, which then time out on the
+    /// client.
+    ///
+    /// ```no_run
+    /// # use futures_util::StreamExt;
+    /// # async fn demo(socket: socketcluster_server::Socket) {
+    /// let mut requests = socket.procedure("whoami");
+    /// while let Some(req) = requests.next().await {
+    ///     let id = req.socket().id().to_owned();
+    ///     req.respond(&id);
+    /// }
+    /// # }
+    /// ```
+    pub fn procedure(&self, procedure: &str) -> crate::rpc::RequestStream {
+        let (tx, rx) = mpsc::channel(crate::rpc::STREAM_CAPACITY);
+        let mut v = self.shared.view();
+        // Checked under the view lock, which the ending task takes after setting
+        // `closed`: a stream is either ended by it or never registered.
+        if self.shared.closed.get().is_none() {
+            v.streams
+                .get_or_insert_with(Default::default)
+                .procedures
+                .push((procedure.to_owned(), tx));
+            self.shared.has_streams.store(true, Ordering::Release);
+        }
+        crate::rpc::RequestStream { rx }
+    }
+
+    /// This socket's transmitted events of `event` as a stream (JS
+    /// `socket.receiver(name)`). Every live stream of the name gets each event, and
+    /// while one lives the server-wide handler ([`crate::Server::receiver`]) does not.
+    /// Ends when the socket closes; a full stream drops events.
+    pub fn receiver(&self, event: &str) -> crate::rpc::EventStream {
+        let (tx, rx) = mpsc::channel(crate::rpc::STREAM_CAPACITY);
+        let mut v = self.shared.view();
+        if self.shared.closed.get().is_none() {
+            v.streams
+                .get_or_insert_with(Default::default)
+                .receivers
+                .push((event.to_owned(), tx));
+            self.shared.has_streams.store(true, Ordering::Release);
+        }
+        crate::rpc::EventStream { rx }
+    }
+
     /// The socket id (20 characters, like the JS server's).
     pub fn id(&self) -> &str {
         &self.shared.id

@@ -1628,6 +1628,18 @@ impl SocketTask {
     fn dispatch(&mut self, kind: InboundKind, cid: Option<Cid>, data: Option<Box<RawValue>>) {
         match (kind, cid) {
             (InboundKind::Invoke { procedure }, Some(cid)) => {
+                if self.shared.has_streams.load(Ordering::Acquire)
+                    && self.shared.has_procedure_stream(&procedure)
+                {
+                    let req = Request::new(self.socket.clone(), procedure, data, cid);
+                    if let Some(req) = self.shared.offer_request(req) {
+                        // The stream went away meanwhile: the server-wide handler.
+                        if let Some(h) = self.server.handlers.procedure(req.procedure()) {
+                            run_handler(h.call(req));
+                        }
+                    }
+                    return;
+                }
                 match self.server.handlers.procedure(&procedure) {
                     Some(h) => {
                         let req = Request::new(self.socket.clone(), procedure, data, cid);
@@ -1645,6 +1657,11 @@ impl SocketTask {
                 }
             }
             (InboundKind::Transmit { receiver }, _) => {
+                if self.shared.has_streams.load(Ordering::Acquire)
+                    && self.shared.offer_event(&self.socket, &receiver, &data)
+                {
+                    return;
+                }
                 if let Some(h) = self.server.handlers.receiver(&receiver) {
                     let ev = ReceivedEvent::new(self.socket.clone(), receiver, data);
                     run_handler(h.call(ev));
@@ -1942,6 +1959,8 @@ impl Drop for SocketTask {
             code: 1006,
             reason: String::new(),
         });
+        // After `closed` is set: `Socket::procedure` registers nothing from now on.
+        self.shared.end_streams();
     }
 }
 

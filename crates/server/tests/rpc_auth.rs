@@ -526,3 +526,67 @@ async fn busy_polling_server_answers_and_stops_polling_at_shutdown() {
         "tasks alive without/with busy polling"
     );
 }
+
+/// JS `socket.procedure(name)` / `socket.receiver(name)`: a socket's own streams take
+/// its invokes and transmits before the server-wide handlers, only that socket's, and
+/// end when it closes; once a stream is dropped the server-wide handler answers again.
+#[tokio::test]
+async fn per_socket_streams_take_precedence_and_end_with_the_socket() {
+    use futures_util::StreamExt;
+    let server = start(config()).await;
+    let mut a = Raw::connect(&url(&server)).await;
+    let id_a = a.handshake(None).await["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut b = open(&server).await;
+    let socket_a = server.socket(&id_a).expect("socket a");
+    let mut procs = socket_a.procedure("echo");
+    let mut notes = socket_a.receiver("note");
+    let answering = tokio::spawn(async move {
+        let req = procs.next().await.expect("a request");
+        assert_eq!(req.raw_data().map(|d| d.get().to_owned()), Some("1".into()));
+        req.respond(&json!({"from": "socket stream"}));
+        procs // handed back: dropped by the test later
+    });
+    // a's invoke goes to its stream; b's to the server-wide `echo`.
+    assert_eq!(
+        a.invoke("echo", json!(1), 2).await,
+        json!({"rid": 2, "data": {"from": "socket stream"}})
+    );
+    assert_eq!(
+        b.invoke("echo", json!(2), 2).await,
+        json!({"rid": 2, "data": 2})
+    );
+    a.send(r#"{"event":"note","data":{"n":5}}"#).await;
+    let ev = tokio::time::timeout(WAIT, notes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ev.event(), ev.raw_data().unwrap().get()),
+        ("note", r#"{"n":5}"#)
+    );
+    // Without the stream, the server-wide handler answers a again.
+    drop(answering.await.unwrap());
+    assert_eq!(
+        a.invoke("echo", json!(3), 3).await,
+        json!({"rid": 3, "data": 3})
+    );
+    // Closing the socket ends its streams.
+    a.close(1000, "bye").await;
+    assert!(
+        tokio::time::timeout(WAIT, notes.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A stream asked for after the close ends at once.
+    let mut late = socket_a.procedure("echo");
+    assert!(
+        tokio::time::timeout(WAIT, late.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
