@@ -276,6 +276,19 @@ impl Stream for EventStream {
     }
 }
 
+/// A `Stream` of one socket's inbound messages as text ([`crate::Socket::messages`],
+/// [`crate::Socket::raw_messages`]).
+pub struct MessageStream {
+    pub(crate) rx: mpsc::Receiver<String>,
+}
+
+impl Stream for MessageStream {
+    type Item = String;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
 pub(crate) struct StreamProcedure(pub(crate) mpsc::Sender<Request>);
 
 impl ProcedureHandler for StreamProcedure {

@@ -380,6 +380,17 @@ pub(crate) struct View {
 pub(crate) struct SocketStreams {
     procedures: Vec<(String, mpsc::Sender<crate::rpc::Request>)>,
     receivers: Vec<(String, mpsc::Sender<crate::rpc::ReceivedEvent>)>,
+    /// JS `message` listeners: every inbound message.
+    messages: Vec<mpsc::Sender<String>>,
+    /// JS `raw` listeners: messages that are not SocketCluster packets.
+    raw: Vec<mpsc::Sender<String>>,
+}
+
+/// Which message listeners ([`SocketShared::offer_message`]).
+#[derive(Clone, Copy)]
+pub(crate) enum MessageKind {
+    All,
+    Raw,
 }
 
 /// Commands from handles to the socket task.
@@ -569,6 +580,27 @@ impl SocketShared {
         any
     }
 
+    /// Copy an inbound message to this socket's `message` or `raw` streams, if any.
+    pub(crate) fn offer_message(&self, kind: MessageKind, message: &str) {
+        if !self.has_streams.load(Ordering::Acquire) {
+            return;
+        }
+        let mut v = self.view();
+        let Some(st) = v.streams.as_mut() else {
+            return;
+        };
+        let list = match kind {
+            MessageKind::All => &mut st.messages,
+            MessageKind::Raw => &mut st.raw,
+        };
+        list.retain(|tx| !tx.is_closed());
+        for tx in list.iter() {
+            if tx.try_send(message.to_owned()).is_err() {
+                tracing::warn!(socket = %self.id, "socket message stream full; message dropped");
+            }
+        }
+    }
+
     /// End this socket's streams (the socket task is over).
     pub(crate) fn end_streams(&self) {
         let streams = self.view().streams.take();
@@ -672,6 +704,36 @@ impl Socket {
             self.shared.has_streams.store(true, Ordering::Release);
         }
         crate::rpc::RequestStream { rx }
+    }
+
+    /// Every message this socket receives, as text, after `inboundRaw` middleware (JS
+    /// `socket.listener('message')`): packets, batches, pongs and raw messages alike.
+    /// Copies are made only while such a stream lives. Ends when the socket closes; a
+    /// full stream drops messages.
+    pub fn messages(&self) -> crate::rpc::MessageStream {
+        self.message_stream(MessageKind::All)
+    }
+
+    /// The messages of this socket that are not SocketCluster packets (JS
+    /// `socket.listener('raw')`), as text; they are otherwise only counted
+    /// ([`crate::StatsSnapshot`]). Raw items inside a batch are not included. Ends when
+    /// the socket closes; a full stream drops messages.
+    pub fn raw_messages(&self) -> crate::rpc::MessageStream {
+        self.message_stream(MessageKind::Raw)
+    }
+
+    fn message_stream(&self, kind: MessageKind) -> crate::rpc::MessageStream {
+        let (tx, rx) = mpsc::channel(crate::rpc::STREAM_CAPACITY);
+        let mut v = self.shared.view();
+        if self.shared.closed.get().is_none() {
+            let st = v.streams.get_or_insert_with(Default::default);
+            match kind {
+                MessageKind::All => st.messages.push(tx),
+                MessageKind::Raw => st.raw.push(tx),
+            }
+            self.shared.has_streams.store(true, Ordering::Release);
+        }
+        crate::rpc::MessageStream { rx }
     }
 
     /// This socket's transmitted events of `event` as a stream (JS

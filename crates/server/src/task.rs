@@ -45,6 +45,7 @@ use crate::middleware::{
 };
 use crate::rpc::{HandlerFuture, ReceivedEvent, Request};
 use crate::server::ServerInner;
+use crate::socket::MessageKind;
 use crate::socket::{
     AuthInfo, CloseInfo, Cmd, FRAME_OVERHEAD, Out, Socket, SocketShared, SocketState, free_if_empty,
 };
@@ -626,10 +627,18 @@ impl SocketTask {
             return self.run_inbound_raw(raw_chain, inbound);
         }
         match inbound {
-            Inbound::Pong => self.on_pong(),
-            Inbound::Text(t) => self.process_text(t.as_str()),
+            Inbound::Pong => {
+                self.shared
+                    .offer_message(MessageKind::All, self.version.pong());
+                self.on_pong();
+            }
+            Inbound::Text(t) => {
+                self.shared.offer_message(MessageKind::All, t.as_str());
+                self.process_text(t.as_str());
+            }
             Inbound::Binary(b) => {
                 let text = String::from_utf8_lossy(&b);
+                self.shared.offer_message(MessageKind::All, &text);
                 self.process_text(&text);
             }
         }
@@ -662,6 +671,7 @@ impl SocketTask {
     fn inbound_raw_done(&mut self, result: Result<InboundRawAction, Block>) {
         match result {
             Ok(action) => {
+                self.shared.offer_message(MessageKind::All, &action.message);
                 if !action.binary && action.message == self.version.pong() {
                     self.on_pong();
                 } else {
@@ -689,7 +699,10 @@ impl SocketTask {
         match codec::decode_message(text) {
             Frame::Packet(p) => self.process_packet(p),
             Frame::Batch(items) => self.batch.extend(items),
-            Frame::Raw | Frame::Heartbeat => self.on_raw(),
+            Frame::Raw | Frame::Heartbeat => {
+                self.shared.offer_message(MessageKind::Raw, text);
+                self.on_raw();
+            }
         }
     }
 

@@ -590,3 +590,34 @@ async fn per_socket_streams_take_precedence_and_end_with_the_socket() {
             .is_none()
     );
 }
+
+/// JS `socket.listener('message')` and `socket.listener('raw')`: every inbound message
+/// as text, and the ones that are not SocketCluster packets; both end with the socket.
+#[tokio::test]
+async fn message_and_raw_streams_see_what_the_socket_receives() {
+    let server = start(config()).await;
+    let mut a = Raw::connect(&url(&server)).await;
+    let id = a.handshake(None).await["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let socket = server.socket(&id).expect("socket");
+    let mut all = socket.messages();
+    let mut raw = socket.raw_messages();
+    let invoke = r#"{"event":"echo","data":"x","cid":2}"#;
+    a.send(invoke).await;
+    assert_eq!(a.text().await, r#"{"rid":2,"data":"x"}"#);
+    a.send("not a packet").await;
+    assert_eq!(next(&mut all).await.as_deref(), Some(invoke));
+    assert_eq!(next(&mut all).await.as_deref(), Some("not a packet"));
+    assert_eq!(next(&mut raw).await.as_deref(), Some("not a packet"));
+    drop(a);
+    assert_eq!(next(&mut all).await, None);
+    assert_eq!(next(&mut raw).await, None);
+    assert_eq!(server.stats().raw_messages, 1);
+}
+
+async fn next(s: &mut socketcluster_server::rpc::MessageStream) -> Option<String> {
+    use futures_util::StreamExt;
+    tokio::time::timeout(WAIT, s.next()).await.unwrap()
+}
