@@ -242,8 +242,9 @@ impl Subscriber {
     }
 }
 
-#[tokio::test]
-async fn subscribe_prints_json_lines_and_exits_after_count() {
+/// Run `socketcluster subscribe ARGS` against a JS server that publishes
+/// `{"seq": n}` on `feed` every 50 ms; the JSON lines it printed (exit status 0).
+async fn subscribe_to_js_feed(args: &[&str]) -> Vec<Value> {
     let server = JsServer::start(JsServerOptions {
         auth_key: Some(KEY.into()),
         extra: json!({"publisher": {"channel": "feed", "intervalMs": 50}})
@@ -253,17 +254,20 @@ async fn subscribe_prints_json_lines_and_exits_after_count() {
         ..Default::default()
     })
     .await;
-    let out = run(
-        &["subscribe", "--url", &server.url(), "--count", "3", "feed"],
-        None,
-    )
-    .await;
+    let url = server.url();
+    let mut all = vec!["subscribe", "--url", url.as_str()];
+    all.extend_from_slice(args);
+    let out = run(&all, None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let lines: Vec<Value> = out
-        .stdout
+    out.stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn subscribe_prints_json_lines_and_exits_after_count() {
+    let lines = subscribe_to_js_feed(&["--count", "3", "feed"]).await;
     assert_eq!(lines.len(), 3);
     for l in &lines {
         assert_eq!(l["channel"], "feed");
@@ -280,34 +284,7 @@ async fn subscribe_prints_json_lines_and_exits_after_count() {
 /// with prefix `fe` subscribes the server's `feed`; the lines name `ed`.
 #[tokio::test]
 async fn subscribe_with_channel_prefix_uses_the_prefixed_name_on_the_wire() {
-    let server = JsServer::start(JsServerOptions {
-        extra: json!({"publisher": {"channel": "feed", "intervalMs": 50}})
-            .as_object()
-            .unwrap()
-            .clone(),
-        ..Default::default()
-    })
-    .await;
-    let out = run(
-        &[
-            "subscribe",
-            "--url",
-            &server.url(),
-            "--channel-prefix",
-            "fe",
-            "--count",
-            "2",
-            "ed",
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let lines: Vec<Value> = out
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = subscribe_to_js_feed(&["--channel-prefix", "fe", "--count", "2", "ed"]).await;
     assert_eq!(lines.len(), 2);
     for l in &lines {
         assert_eq!(l["channel"], "ed");

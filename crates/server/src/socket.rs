@@ -693,17 +693,19 @@ impl Socket {
     /// ```
     pub fn procedure(&self, procedure: &str) -> crate::rpc::RequestStream {
         let (tx, rx) = mpsc::channel(crate::rpc::STREAM_CAPACITY);
+        self.add_stream(|st| st.procedures.push((procedure.to_owned(), tx)));
+        crate::rpc::RequestStream { rx }
+    }
+
+    /// Register a per-socket stream (dropped unregistered when the socket is closed).
+    /// Checked under the view lock, which the ending task takes after setting `closed`:
+    /// a stream is either ended by it or never registered.
+    fn add_stream(&self, add: impl FnOnce(&mut SocketStreams)) {
         let mut v = self.shared.view();
-        // Checked under the view lock, which the ending task takes after setting
-        // `closed`: a stream is either ended by it or never registered.
         if self.shared.closed.get().is_none() {
-            v.streams
-                .get_or_insert_with(Default::default)
-                .procedures
-                .push((procedure.to_owned(), tx));
+            add(v.streams.get_or_insert_with(Default::default));
             self.shared.has_streams.store(true, Ordering::Release);
         }
-        crate::rpc::RequestStream { rx }
     }
 
     /// Every message this socket receives, as text, after `inboundRaw` middleware (JS
@@ -724,15 +726,10 @@ impl Socket {
 
     fn message_stream(&self, kind: MessageKind) -> crate::rpc::MessageStream {
         let (tx, rx) = mpsc::channel(crate::rpc::STREAM_CAPACITY);
-        let mut v = self.shared.view();
-        if self.shared.closed.get().is_none() {
-            let st = v.streams.get_or_insert_with(Default::default);
-            match kind {
-                MessageKind::All => st.messages.push(tx),
-                MessageKind::Raw => st.raw.push(tx),
-            }
-            self.shared.has_streams.store(true, Ordering::Release);
-        }
+        self.add_stream(|st| match kind {
+            MessageKind::All => st.messages.push(tx),
+            MessageKind::Raw => st.raw.push(tx),
+        });
         crate::rpc::MessageStream { rx }
     }
 
@@ -742,14 +739,7 @@ impl Socket {
     /// Ends when the socket closes; a full stream drops events.
     pub fn receiver(&self, event: &str) -> crate::rpc::EventStream {
         let (tx, rx) = mpsc::channel(crate::rpc::STREAM_CAPACITY);
-        let mut v = self.shared.view();
-        if self.shared.closed.get().is_none() {
-            v.streams
-                .get_or_insert_with(Default::default)
-                .receivers
-                .push((event.to_owned(), tx));
-            self.shared.has_streams.store(true, Ordering::Release);
-        }
+        self.add_stream(|st| st.receivers.push((event.to_owned(), tx)));
         crate::rpc::EventStream { rx }
     }
 
