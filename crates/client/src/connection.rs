@@ -1377,9 +1377,9 @@ impl Connection {
             }
             ev::KICK_OUT => {
                 if let Some((wire, message)) = ev::parse_kick_out(e.data.as_deref())
-                    && self.channels.contains_key(self.opts.app_channel(&wire))
+                    && let channel = self.opts.app_channel(&wire).to_owned()
+                    && self.channels.contains_key(&channel)
                 {
-                    let channel = self.opts.app_channel(&wire).to_owned();
                     self.emit(Event::KickOut {
                         channel: channel.clone(),
                         message,

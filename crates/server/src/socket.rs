@@ -308,15 +308,7 @@ impl Outbox {
             return;
         }
         let reserved: usize = items.iter().map(|t| t.len() + FRAME_OVERHEAD).sum();
-        let mut frame = String::with_capacity(reserved);
-        frame.push('[');
-        for (i, t) in items.iter().enumerate() {
-            if i > 0 {
-                frame.push(',');
-            }
-            frame.push_str(t.as_str());
-        }
-        frame.push(']');
+        let frame = socketcluster_protocol::codec::encode_batch(&items);
         // Trade the items' reservations for the frame's (never refused: the content
         // was already admitted).
         let cost = frame.len() + FRAME_OVERHEAD;
@@ -523,37 +515,22 @@ impl SocketShared {
     }
 
     /// Record how the socket closed and wake everyone waiting for it (once).
-    /// Whether a live stream of this socket takes invokes of `procedure`.
-    pub(crate) fn has_procedure_stream(&self, procedure: &str) -> bool {
-        let mut v = self.view();
-        let Some(st) = v.streams.as_mut() else {
-            return false;
-        };
-        st.procedures.retain(|(_, tx)| !tx.is_closed());
-        st.procedures.iter().any(|(n, _)| n == procedure)
-    }
-
-    /// Hand `req` to this socket's first live stream for its procedure; gives it back
-    /// when there is none (then the server-wide handler takes it). A full stream drops
-    /// the request, as the server-wide streams do ([`crate::rpc::STREAM_CAPACITY`]).
-    pub(crate) fn offer_request(&self, req: crate::rpc::Request) -> Option<crate::rpc::Request> {
+    /// The first live stream of this socket that takes invokes of `procedure` (closed
+    /// ones are pruned); `None` for sockets without streams, without a lock.
+    pub(crate) fn procedure_stream(
+        &self,
+        procedure: &str,
+    ) -> Option<mpsc::Sender<crate::rpc::Request>> {
+        if !self.has_streams.load(Ordering::Acquire) {
+            return None;
+        }
         let mut v = self.view();
         let st = v.streams.as_mut()?;
-        let mut req = req;
-        while let Some(i) = st.procedures.iter().position(|(n, _)| n == req.procedure()) {
-            match st.procedures[i].1.try_send(req) {
-                Ok(()) => return None,
-                Err(mpsc::error::TrySendError::Full(r)) => {
-                    tracing::warn!(socket = %self.id, procedure = %r.procedure(), "socket procedure stream full; request dropped");
-                    return None;
-                }
-                Err(mpsc::error::TrySendError::Closed(r)) => {
-                    st.procedures.remove(i);
-                    req = r;
-                }
-            }
-        }
-        Some(req)
+        st.procedures.retain(|(_, tx)| !tx.is_closed());
+        st.procedures
+            .iter()
+            .find(|(n, _)| n == procedure)
+            .map(|(_, tx)| tx.clone())
     }
 
     /// Hand a transmitted event to every live stream of this socket for its name;
@@ -562,8 +539,11 @@ impl SocketShared {
         &self,
         socket: &Socket,
         event: &str,
-        data: &Option<Box<RawValue>>,
+        data: Option<&RawValue>,
     ) -> bool {
+        if !self.has_streams.load(Ordering::Acquire) {
+            return false;
+        }
         let mut v = self.view();
         let Some(st) = v.streams.as_mut() else {
             return false;
@@ -572,7 +552,11 @@ impl SocketShared {
         let mut any = false;
         for (_, tx) in st.receivers.iter().filter(|(n, _)| n == event) {
             any = true;
-            let ev = crate::rpc::ReceivedEvent::new(socket.clone(), event.to_owned(), data.clone());
+            let ev = crate::rpc::ReceivedEvent::new(
+                socket.clone(),
+                event.to_owned(),
+                data.map(RawValue::to_owned),
+            );
             if tx.try_send(ev).is_err() {
                 tracing::warn!(socket = %self.id, event, "socket receiver stream full; event dropped");
             }

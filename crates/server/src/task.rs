@@ -1641,14 +1641,20 @@ impl SocketTask {
     fn dispatch(&mut self, kind: InboundKind, cid: Option<Cid>, data: Option<Box<RawValue>>) {
         match (kind, cid) {
             (InboundKind::Invoke { procedure }, Some(cid)) => {
-                if self.shared.has_streams.load(Ordering::Acquire)
-                    && self.shared.has_procedure_stream(&procedure)
-                {
+                // A socket's own stream first (JS `socket.procedure(name)`). A full one
+                // drops the request, like the server-wide streams.
+                if let Some(tx) = self.shared.procedure_stream(&procedure) {
                     let req = Request::new(self.socket.clone(), procedure, data, cid);
-                    if let Some(req) = self.shared.offer_request(req) {
+                    match tx.try_send(req) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(req)) => {
+                            tracing::warn!(socket = %self.shared.id, procedure = %req.procedure(), "socket procedure stream full; request dropped");
+                        }
                         // The stream went away meanwhile: the server-wide handler.
-                        if let Some(h) = self.server.handlers.procedure(req.procedure()) {
-                            run_handler(h.call(req));
+                        Err(mpsc::error::TrySendError::Closed(req)) => {
+                            if let Some(h) = self.server.handlers.procedure(req.procedure()) {
+                                run_handler(h.call(req));
+                            }
                         }
                     }
                     return;
@@ -1670,8 +1676,9 @@ impl SocketTask {
                 }
             }
             (InboundKind::Transmit { receiver }, _) => {
-                if self.shared.has_streams.load(Ordering::Acquire)
-                    && self.shared.offer_event(&self.socket, &receiver, &data)
+                if self
+                    .shared
+                    .offer_event(&self.socket, &receiver, data.as_deref())
                 {
                     return;
                 }
