@@ -338,17 +338,19 @@ async fn subscribe_and_publish_round_trip() {
     }
 }
 
-/// PROTOCOL.md 1.4: against the v14 server, a protocol-1 client's disconnect (announced
-/// with `#disconnect` {code, data}, then the close frame) is reported once with that code
-/// and reason. (The exact frames are checked against the scripted fake server in
-/// `tests::lifecycle`; the v14 server reports the same from the close frame alone, so
-/// this checks that the announcement is accepted, not that it is sent.)
+/// PROTOCOL.md 1.4: against the v14 server, a protocol-1 client announces its own
+/// disconnect with the `#disconnect` transmit (seen in the server's message stream), and
+/// the server reports the disconnection once with that code and reason.
 #[tokio::test]
 async fn v14_server_sees_the_code_and_reason_of_a_client_disconnect() {
     let server = start(v14()).await;
     let client = client_for(&server, JsVersion::V14).connect().await.unwrap();
     server.wait_for("connection", WAIT).await;
     client.disconnect(4200, Some("v14 leaving"));
+    let t = server
+        .wait_event(|v| v["event"] == "transmit" && v["name"] == "#disconnect", WAIT)
+        .await;
+    assert_eq!(t["data"], json!({"code": 4200, "data": "v14 leaving"}), "{t}");
     let d = server.wait_for("disconnection", WAIT).await;
     assert_eq!(d["code"], 4200, "{d}");
     assert_eq!(d["reason"], "v14 leaving", "{d}");
