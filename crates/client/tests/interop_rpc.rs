@@ -348,9 +348,16 @@ async fn v14_server_sees_the_code_and_reason_of_a_client_disconnect() {
     server.wait_for("connection", WAIT).await;
     client.disconnect(4200, Some("v14 leaving"));
     let t = server
-        .wait_event(|v| v["event"] == "transmit" && v["name"] == "#disconnect", WAIT)
+        .wait_event(
+            |v| v["event"] == "transmit" && v["name"] == "#disconnect",
+            WAIT,
+        )
         .await;
-    assert_eq!(t["data"], json!({"code": 4200, "data": "v14 leaving"}), "{t}");
+    assert_eq!(
+        t["data"],
+        json!({"code": 4200, "data": "v14 leaving"}),
+        "{t}"
+    );
     let d = server.wait_for("disconnection", WAIT).await;
     assert_eq!(d["code"], 4200, "{d}");
     assert_eq!(d["reason"], "v14 leaving", "{d}");

@@ -993,3 +993,34 @@ async fn js_client_acknowledges_remove_auth_token_invoke() {
     assert!(remove["cid"].is_u64(), "{remove}");
     assert!(remove.get("data").is_none(), "{remove}");
 }
+
+/// JS `socket.procedure(name)`: a per-socket stream answers the JS client's invoke with
+/// that socket's own id (no server-wide handler is registered for the name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_invoke_answered_by_a_per_socket_procedure_stream() {
+    use futures_util::StreamExt;
+    let server = mirror_server(config()).await;
+    // Registered by handshake middleware, so before the client can invoke anything.
+    server.add_handshake_middleware(|a: HandshakeAction| async move {
+        let mut requests = a.socket.procedure("whichSocket");
+        tokio::spawn(async move {
+            while let Some(req) = requests.next().await {
+                let id = req.socket().id().to_owned();
+                req.respond(&id);
+            }
+        });
+        Ok(())
+    });
+    let run = run_js_client(json!({
+        "url": url(&server),
+        "steps": [
+            {"op": "waitEvent", "name": "connect"},
+            {"op": "invoke", "procedure": "whichSocket", "data": null, "ackTimeout": 5000},
+        ],
+    }))
+    .await;
+    run.assert_all_ok_except(&[]);
+    let events = run.client_events();
+    let id = first_event(&events, "connect")["id"].clone();
+    assert_eq!(run.step_result(1), &id);
+}
