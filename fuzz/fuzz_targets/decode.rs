@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use socketcluster_protocol::events::{self, HandshakeStatus, SubscribeRequest};
+use socketcluster_protocol::reserved::{self, HandshakeStatus, SubscribeRequest};
 use socketcluster_protocol::{BatchItem, Cid, Frame, KeyOrder, Packet, ProtocolVersion, Role, codec};
 
 fn exercise(p: &Packet) {
@@ -22,19 +22,19 @@ fn exercise(p: &Packet) {
     match p {
         Packet::Event(e) => {
             let d = e.data.as_deref();
-            let _ = events::parse_handshake_token(d);
-            let _ = events::parse_authenticate_token(d);
+            let _ = reserved::parse_handshake_token(d);
+            let _ = reserved::parse_authenticate_token(d);
             let _ = SubscribeRequest::parse(d).map(|s| s.to_raw());
-            let _ = events::parse_publish(d);
-            let _ = events::parse_kick_out(d);
-            let _ = events::parse_unsubscribe(d);
-            let _ = events::parse_set_auth_token(d);
-            let _ = events::parse_v1_disconnect(d);
+            let _ = reserved::parse_publish(d);
+            let _ = reserved::parse_kick_out(d);
+            let _ = reserved::parse_unsubscribe(d);
+            let _ = reserved::parse_set_auth_token(d);
+            let _ = reserved::parse_v1_disconnect(d);
         }
         Packet::Response(r) => {
             let _ = r.error().map(|e| e.to_raw());
             let _ = HandshakeStatus::parse(r.data.as_deref()).to_raw();
-            let _ = events::AuthenticateResult::parse(r.data.as_deref());
+            let _ = reserved::AuthenticateResult::parse(r.data.as_deref());
         }
     }
 }

@@ -474,8 +474,8 @@ impl Client {
         data: Option<Box<RawValue>>,
     ) -> Result<(), InvokeError> {
         let channel = self.inner.options.wire_channel(channel);
-        let d = socketcluster_protocol::events::publish_data(&channel, data.as_deref());
-        self.invoke_raw(socketcluster_protocol::events::PUBLISH, Some(d), None)
+        let d = socketcluster_protocol::reserved::publish_data(&channel, data.as_deref());
+        self.invoke_raw(socketcluster_protocol::reserved::PUBLISH, Some(d), None)
             .await
             .map(|_| ())
     }
@@ -488,8 +488,8 @@ impl Client {
     ) -> Result<(), TransmitError> {
         let data = to_raw(data).map_err(TransmitError::Serialize)?;
         let channel = self.inner.options.wire_channel(channel);
-        let d = socketcluster_protocol::events::publish_data(&channel, Some(&data));
-        self.transmit_raw(socketcluster_protocol::events::PUBLISH, Some(d))
+        let d = socketcluster_protocol::reserved::publish_data(&channel, Some(&data));
+        self.transmit_raw(socketcluster_protocol::reserved::PUBLISH, Some(d))
     }
 
     // ------------------------------------------------------------ auth

@@ -17,7 +17,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use socketcluster_protocol::codec::{self, encode_batch};
 use socketcluster_protocol::error::wire;
-use socketcluster_protocol::events::{self as ev, AuthenticateResult, HandshakeStatus};
+use socketcluster_protocol::reserved::{self as ev, AuthenticateResult, HandshakeStatus};
 use socketcluster_protocol::{
     Backoff, BatchItem, Cid, CidAllocator, CloseCode, ErrorObject, EventPacket, Frame, KeyOrder,
     Packet, ProtocolVersion, ResponsePacket, Role, WireError,

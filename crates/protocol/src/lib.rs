@@ -33,9 +33,9 @@ pub mod cid;
 pub mod close;
 pub mod codec;
 pub mod error;
-pub mod events;
 mod json;
 pub mod packet;
+pub mod reserved;
 pub mod version;
 
 pub use backoff::{Backoff, ReconnectOptions};

@@ -2,7 +2,7 @@
 //! to the identical text wherever the JS codec would have produced it.
 
 use socketcluster_protocol::codec::{self, encode_batch};
-use socketcluster_protocol::events::{self, HandshakeStatus};
+use socketcluster_protocol::reserved::{self, HandshakeStatus};
 use socketcluster_protocol::{BatchItem, Frame, KeyOrder, Packet, ProtocolVersion, Role};
 
 struct Golden {
@@ -203,7 +203,7 @@ fn captured_publications_and_kickouts_parse() {
     ) else {
         panic!()
     };
-    let p = events::parse_publish(e.data.as_deref()).unwrap();
+    let p = reserved::parse_publish(e.data.as_deref()).unwrap();
     assert_eq!(p.channel, "bin");
     let v: serde_json::Value = serde_json::from_str(p.data.unwrap().get()).unwrap();
     assert_eq!(
@@ -216,7 +216,7 @@ fn captured_publications_and_kickouts_parse() {
     ) else {
         panic!()
     };
-    let (ch, msg) = events::parse_kick_out(e.data.as_deref()).unwrap();
+    let (ch, msg) = reserved::parse_kick_out(e.data.as_deref()).unwrap();
     assert_eq!(ch, "c1");
     assert_eq!(msg, Some(serde_json::json!("bye")));
 }
@@ -224,8 +224,8 @@ fn captured_publications_and_kickouts_parse() {
 #[test]
 fn our_builders_write_the_captured_client_frames() {
     use socketcluster_protocol::EventPacket;
-    use socketcluster_protocol::events::SubscribeRequest;
-    let hs = EventPacket::invoke("#handshake", Some(events::handshake_request(None)), 1);
+    use socketcluster_protocol::reserved::SubscribeRequest;
+    let hs = EventPacket::invoke("#handshake", Some(reserved::handshake_request(None)), 1);
     assert_eq!(
         hs.encode(KeyOrder::Client),
         r##"{"event":"#handshake","data":{"authToken":null},"cid":1}"##
@@ -238,7 +238,7 @@ fn our_builders_write_the_captured_client_frames() {
     );
     let publish = EventPacket::transmit(
         "#publish",
-        Some(events::publish_data(
+        Some(reserved::publish_data(
             "foo",
             Some(&serde_json::value::RawValue::from_string("\"hello\"".into()).unwrap()),
         )),
@@ -248,8 +248,11 @@ fn our_builders_write_the_captured_client_frames() {
         r##"{"event":"#publish","data":{"channel":"foo","data":"hello"}}"##
     );
     assert_eq!(
-        EventPacket::transmit("#setAuthToken", Some(events::set_auth_token_data("a.b.c")))
-            .encode(KeyOrder::Server),
+        EventPacket::transmit(
+            "#setAuthToken",
+            Some(reserved::set_auth_token_data("a.b.c"))
+        )
+        .encode(KeyOrder::Server),
         r##"{"event":"#setAuthToken","data":{"token":"a.b.c"}}"##
     );
 }

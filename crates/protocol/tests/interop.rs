@@ -13,7 +13,7 @@ use sc_test_support::{
 };
 use serde_json::{Value, json};
 use socketcluster_protocol::codec::{self, BatchItem, Frame, KeyOrder};
-use socketcluster_protocol::events::{self, HandshakeStatus, SubscribeRequest};
+use socketcluster_protocol::reserved::{self, HandshakeStatus, SubscribeRequest};
 use socketcluster_protocol::{
     Cid, ErrorName, EventPacket, Packet, ProtocolVersion, RawValue, ResponsePacket, Role,
 };
@@ -72,8 +72,12 @@ async fn handshake(
     let (mut ws, _) = connect_async(server.url())
         .await
         .expect("WebSocket connect");
-    let frame = EventPacket::invoke(events::HANDSHAKE, Some(events::handshake_request(token)), 1)
-        .encode(KeyOrder::Client);
+    let frame = EventPacket::invoke(
+        reserved::HANDSHAKE,
+        Some(reserved::handshake_request(token)),
+        1,
+    )
+    .encode(KeyOrder::Client);
     if token.is_none() {
         // Byte-identical to the JS client's first frame (PROTOCOL.md 3.6.1, 11.1).
         assert_eq!(
@@ -165,7 +169,7 @@ async fn handshake_with_a_wrong_key_token_gets_auth_error_then_remove_auth_token
     assert_eq!(next, r##"{"event":"#removeAuthToken"}"##);
     match codec::decode(&next, Role::Client, ProtocolVersion::V2) {
         Frame::Packet(Packet::Event(ev)) => {
-            assert_eq!(ev, EventPacket::transmit(events::REMOVE_AUTH_TOKEN, None));
+            assert_eq!(ev, EventPacket::transmit(reserved::REMOVE_AUTH_TOKEN, None));
         }
         other => panic!("expected #removeAuthToken, got {other:?}"),
     }
@@ -377,10 +381,10 @@ async fn record_client_frames(listener: TcpListener, version: ProtocolVersion) -
             let Packet::Event(ev) = packet else { continue };
             // Fan a publish (invoked or transmitted) back out, as the JS server does when
             // the publisher is subscribed (6.6).
-            let fan_out = (ev.event == events::PUBLISH)
-                .then(|| events::parse_publish(ev.data.as_deref()))
+            let fan_out = (ev.event == reserved::PUBLISH)
+                .then(|| reserved::parse_publish(ev.data.as_deref()))
                 .flatten()
-                .map(|p| events::publish_frame(&p.channel, p.data.as_deref()));
+                .map(|p| reserved::publish_frame(&p.channel, p.data.as_deref()));
             let Some(cid) = ev.cid.clone() else {
                 if let Some(frame) = fan_out {
                     ws.send(Message::text(frame)).await.unwrap();
@@ -389,7 +393,7 @@ async fn record_client_frames(listener: TcpListener, version: ProtocolVersion) -
             };
             let mut after = fan_out;
             let reply = match ev.event.as_str() {
-                events::HANDSHAKE => {
+                reserved::HANDSHAKE => {
                     let status = HandshakeStatus {
                         id: Some("rUsTsOcKeTiDaaaaAAAA".into()),
                         ping_timeout: Some(20_000),
@@ -477,8 +481,8 @@ fn expected_client_packets(client_version: JsVersion) -> Vec<Frame> {
     let event = |e: EventPacket| Frame::Packet(Packet::Event(e));
     let mut expected = vec![
         event(EventPacket::invoke(
-            events::HANDSHAKE,
-            Some(events::handshake_request(None)),
+            reserved::HANDSHAKE,
+            Some(reserved::handshake_request(None)),
             1,
         )),
         event(EventPacket::invoke(
@@ -492,21 +496,21 @@ fn expected_client_packets(client_version: JsVersion) -> Vec<Frame> {
         )),
         event(EventPacket::transmit("noData", None)),
         event(EventPacket::invoke(
-            events::SUBSCRIBE,
+            reserved::SUBSCRIBE,
             Some(SubscribeRequest::new("foo").to_raw()),
             3,
         )),
         event(EventPacket::invoke(
-            events::PUBLISH,
-            Some(events::publish_data("foo", Some(&raw(r#""pub1""#)))),
+            reserved::PUBLISH,
+            Some(reserved::publish_data("foo", Some(&raw(r#""pub1""#)))),
             4,
         )),
         event(EventPacket::transmit(
-            events::PUBLISH,
-            Some(events::publish_data("foo", Some(&raw(r#"{"x":1}"#)))),
+            reserved::PUBLISH,
+            Some(reserved::publish_data("foo", Some(&raw(r#"{"x":1}"#)))),
         )),
         event(EventPacket::transmit(
-            events::UNSUBSCRIBE,
+            reserved::UNSUBSCRIBE,
             Some(raw(r#""foo""#)),
         )),
         event(EventPacket::invoke("echo", Some(raw(r#""last""#)), 5)),
@@ -514,7 +518,7 @@ fn expected_client_packets(client_version: JsVersion) -> Vec<Frame> {
     if client_version == JsVersion::V14 {
         // v14 announces its close with a `#disconnect` transmit (1.4).
         expected.push(event(EventPacket::transmit(
-            events::DISCONNECT,
+            reserved::DISCONNECT,
             Some(raw(r#"{"code":1000}"#)),
         )));
     }

@@ -1,4 +1,4 @@
-//! `events::parse_publish_frame` (the client's one-pass path for inbound `#publish`
+//! `reserved::parse_publish_frame` (the client's one-pass path for inbound `#publish`
 //! frames) agrees with the general path (`codec::decode_message` + `parse_publish`) on
 //! every frame it accepts, and accepts every canonical frame whose channel name needs
 //! no escaping.
@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use socketcluster_protocol::codec;
-use socketcluster_protocol::events::{self, Publication};
+use socketcluster_protocol::reserved::{self, PublishData};
 use socketcluster_protocol::{Frame, Packet};
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -37,17 +37,17 @@ fn channel() -> impl Strategy<Value = String> {
 }
 
 /// The general path: what the client did for every `#publish` before the fast path.
-fn general(text: &str) -> Option<Publication> {
+fn general(text: &str) -> Option<PublishData> {
     match codec::decode_message(text) {
-        Frame::Packet(Packet::Event(e)) if e.event == events::PUBLISH => {
-            events::parse_publish(e.data.as_deref())
+        Frame::Packet(Packet::Event(e)) if e.event == reserved::PUBLISH => {
+            reserved::parse_publish(e.data.as_deref())
         }
         _ => None,
     }
 }
 
 fn check_agrees(text: &str) -> Result<(), TestCaseError> {
-    if let Some(fast) = events::parse_publish_frame(text) {
+    if let Some(fast) = reserved::parse_publish_frame(text) {
         let slow = general(text);
         prop_assert!(
             slow.is_some(),
@@ -71,10 +71,10 @@ proptest! {
     #[test]
     fn canonical_frames_take_the_fast_path(ch in channel(), data in prop::option::of(json_value())) {
         let raw = data.as_ref().map(|v| RawValue::from_string(v.to_string()).unwrap());
-        let text = events::publish_frame(&ch, raw.as_deref());
+        let text = reserved::publish_frame(&ch, raw.as_deref());
         check_agrees(&text)?;
         let needs_escape = ch.chars().any(|c| c == '"' || c == '\\' || c < ' ');
-        let fast = events::parse_publish_frame(&text);
+        let fast = reserved::parse_publish_frame(&text);
         prop_assert_eq!(
             fast.is_some(),
             raw.is_some() && !needs_escape,
@@ -92,7 +92,7 @@ proptest! {
         byte in prop_oneof![Just(b' '), Just(b'}'), Just(b'"'), Just(b','), Just(b'\\'), any::<u8>()],
     ) {
         let raw = RawValue::from_string(data.to_string()).unwrap();
-        let text = events::publish_frame(&ch, Some(&raw));
+        let text = reserved::publish_frame(&ch, Some(&raw));
         let mut bytes = text.into_bytes();
         let i = at.index(bytes.len() + 1);
         match edit {
@@ -111,11 +111,11 @@ proptest! {
 #[test]
 fn shapes_the_fast_path_leaves_to_the_general_path() {
     let accepted = r##"{"event":"#publish","data":{"channel":"a/b","data":{"t":1,"p":"x"}}}"##;
-    let f = events::parse_publish_frame(accepted).expect("canonical frame");
+    let f = reserved::parse_publish_frame(accepted).expect("canonical frame");
     assert_eq!((f.channel, f.data.get()), ("a/b", r#"{"t":1,"p":"x"}"#));
     let ws = "{\"event\":\"#publish\",\"data\":{\"channel\":\"a\",\"data\": [1, 2] } }\n";
     assert_eq!(
-        events::parse_publish_frame(ws).unwrap().data.get(),
+        reserved::parse_publish_frame(ws).unwrap().data.get(),
         "[1, 2]"
     );
     for other in [
@@ -130,6 +130,6 @@ fn shapes_the_fast_path_leaves_to_the_general_path() {
         r##"{"event":"#publish","data":{"channel":"a","data":tru}}"##,
         r##" {"event":"#publish","data":{"channel":"a","data":1}}"##,
     ] {
-        assert!(events::parse_publish_frame(other).is_none(), "{other}");
+        assert!(reserved::parse_publish_frame(other).is_none(), "{other}");
     }
 }

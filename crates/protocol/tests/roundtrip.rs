@@ -6,7 +6,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use socketcluster_protocol::codec::{self, encode_batch};
 use socketcluster_protocol::error::{ErrorObject, WireError};
-use socketcluster_protocol::events::{self, AuthenticateResult, HandshakeStatus, SubscribeRequest};
+use socketcluster_protocol::reserved::{
+    self, AuthenticateResult, HandshakeStatus, SubscribeRequest,
+};
 use socketcluster_protocol::{
     BatchItem, Cid, EventPacket, Frame, KeyOrder, Packet, ProtocolVersion, ResponsePacket, Role,
 };
@@ -139,10 +141,10 @@ proptest! {
 
     #[test]
     fn publish_frames_round_trip(ch in any::<String>(), d in opt_data()) {
-        let frame = events::publish_frame(&ch, d.as_deref());
+        let frame = reserved::publish_frame(&ch, d.as_deref());
         let Frame::Packet(Packet::Event(e)) = decode(&frame, Role::Client) else { panic!() };
         prop_assert_eq!(e.event.as_str(), "#publish");
-        let p = events::parse_publish(e.data.as_deref()).unwrap();
+        let p = reserved::parse_publish(e.data.as_deref()).unwrap();
         prop_assert_eq!(p.channel, ch);
         prop_assert_eq!(p.data.as_deref().map(RawValue::get), d.as_deref().map(RawValue::get));
     }

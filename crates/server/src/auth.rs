@@ -34,7 +34,7 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde_json::{Map, Value};
 use socketcluster_protocol::ErrorObject;
-use socketcluster_protocol::events::TokenField;
+use socketcluster_protocol::reserved::TokenField;
 
 use crate::error::ConfigError;
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::de::DeserializeOwned;
 use socketcluster_protocol::RawValue;
-use socketcluster_protocol::events::publish_frame;
+use socketcluster_protocol::reserved::publish_frame;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 

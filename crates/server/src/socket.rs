@@ -895,7 +895,7 @@ impl Socket {
                 Ok(Ok(Err(e))) => Some(e.to_string()),
                 Ok(Err(_)) => Some(
                     InvokeError::BadConnection(
-                        socketcluster_protocol::events::SET_AUTH_TOKEN.into(),
+                        socketcluster_protocol::reserved::SET_AUTH_TOKEN.into(),
                     )
                     .to_string(),
                 ),
@@ -935,7 +935,7 @@ impl Socket {
         &self,
         options: DeauthenticateOptions,
     ) -> Result<(), InvokeError> {
-        const EVENT: &str = socketcluster_protocol::events::REMOVE_AUTH_TOKEN;
+        const EVENT: &str = socketcluster_protocol::reserved::REMOVE_AUTH_TOKEN;
         let (tx, rx) = oneshot::channel();
         let (ack_tx, ack_rx) = if options.reject_on_failed_delivery {
             let (t, r) = oneshot::channel();

@@ -20,7 +20,7 @@ use futures_util::FutureExt;
 use serde_json::Value;
 use socketcluster_protocol::codec::{self, BatchItem, Frame, KeyOrder};
 use socketcluster_protocol::error::wire;
-use socketcluster_protocol::events::{
+use socketcluster_protocol::reserved::{
     self, AuthenticateResult, HandshakeStatus, SubscribeRequest, parse_authenticate_token,
     parse_handshake_token, parse_publish, parse_unsubscribe,
 };
@@ -738,7 +738,7 @@ impl SocketTask {
     fn process_event(&mut self, ev: EventPacket) {
         let EventPacket { event, data, cid } = ev;
         match event.as_str() {
-            events::HANDSHAKE => match cid {
+            reserved::HANDSHAKE => match cid {
                 Some(cid) => self.on_handshake(cid, data),
                 None => {
                     self.warn(wire_invalid_action("Handshake request was malformatted"));
@@ -746,20 +746,20 @@ impl SocketTask {
                 }
             },
             _ if self.strict_connecting() => self.close(4009, ""),
-            events::AUTHENTICATE => match cid {
+            reserved::AUTHENTICATE => match cid {
                 Some(cid) => self.on_authenticate(cid, data),
                 None => {
                     self.warn(wire_invalid_action("Authenticate request was malformatted"));
                     self.close(4008, "");
                 }
             },
-            events::REMOVE_AUTH_TOKEN => self.deauthenticate(false),
+            reserved::REMOVE_AUTH_TOKEN => self.deauthenticate(false),
             _ => {
                 let expired = self.check_expiry();
                 match event.as_str() {
-                    events::PUBLISH => self.on_publish(cid, data, expired),
-                    events::SUBSCRIBE => self.on_subscribe(cid, data, expired),
-                    events::UNSUBSCRIBE => self.on_unsubscribe(cid, data),
+                    reserved::PUBLISH => self.on_publish(cid, data, expired),
+                    reserved::SUBSCRIBE => self.on_subscribe(cid, data, expired),
+                    reserved::UNSUBSCRIBE => self.on_unsubscribe(cid, data),
                     _ => self.on_app_event(event, cid, data, expired),
                 }
             }
@@ -1087,7 +1087,7 @@ impl SocketTask {
                 };
                 match run_outbound(chain, action).await {
                     Ok(a) if a.modified => {
-                        let frame = events::publish_frame(&a.channel, a.data.as_deref());
+                        let frame = reserved::publish_frame(&a.channel, a.data.as_deref());
                         outbox.push(Utf8Bytes::from(frame));
                     }
                     Ok(_) => {
@@ -1258,7 +1258,7 @@ impl SocketTask {
             old_auth_token: old,
         });
         if notify && self.state == SocketState::Open {
-            self.send_event(events::REMOVE_AUTH_TOKEN, None);
+            self.send_event(reserved::REMOVE_AUTH_TOKEN, None);
         }
     }
 
@@ -1288,8 +1288,8 @@ impl SocketTask {
                 "kicked out"
             );
             self.send_event(
-                events::KICK_OUT,
-                Some(events::kick_out_data(&c, message.as_deref())),
+                reserved::KICK_OUT,
+                Some(reserved::kick_out_data(&c, message.as_deref())),
             );
             self.unsubscribe_local(&c);
         }
@@ -1714,10 +1714,10 @@ impl SocketTask {
                 let was_auth = self.auth.is_some();
                 self.set_auth_quietly(signed.clone(), claims);
                 self.emit_auth_events(was_auth);
-                let data = events::set_auth_token_data(&signed);
+                let data = reserved::set_auth_token_data(&signed);
                 match ack {
-                    Some(ack) => self.invoke(events::SET_AUTH_TOKEN.to_owned(), Some(data), ack),
-                    None => self.send_event(events::SET_AUTH_TOKEN, Some(data)),
+                    Some(ack) => self.invoke(reserved::SET_AUTH_TOKEN.to_owned(), Some(data), ack),
+                    None => self.send_event(reserved::SET_AUTH_TOKEN, Some(data)),
                 }
                 let _ = reply.send(Ok(()));
             }
@@ -1729,7 +1729,7 @@ impl SocketTask {
                 // JS: deauthenticateSelf(), then invoke('#removeAuthToken').
                 Some(ack) => {
                     self.deauthenticate(false);
-                    self.invoke(events::REMOVE_AUTH_TOKEN.to_owned(), None, ack);
+                    self.invoke(reserved::REMOVE_AUTH_TOKEN.to_owned(), None, ack);
                     let _ = reply.send(());
                 }
                 None => {
@@ -1755,8 +1755,8 @@ impl SocketTask {
                 for c in channels {
                     tracing::info!(socket = %self.shared.id, channel = %c, "kicked out");
                     self.send_event(
-                        events::KICK_OUT,
-                        Some(events::kick_out_data(&c, message.as_deref())),
+                        reserved::KICK_OUT,
+                        Some(reserved::kick_out_data(&c, message.as_deref())),
                     );
                     if !self.unsubscribe_local(&c) {
                         result = Err(KickOutError::NotSubscribed {

@@ -322,21 +322,21 @@ pub fn publish_frame(channel: &str, data: Option<&RawValue>) -> String {
 
 /// A parsed `#publish` data object.
 #[derive(Clone, Debug)]
-pub struct Publication {
+pub struct PublishData {
     /// Channel name.
     pub channel: String,
     /// Published data (`None` when absent).
     pub data: Option<Box<RawValue>>,
 }
 
-impl PartialEq for Publication {
+impl PartialEq for PublishData {
     fn eq(&self, o: &Self) -> bool {
         self.channel == o.channel && crate::packet::raw_eq(&self.data, &o.data)
     }
 }
 
 /// Parse `#publish` data: `None` when it is not an object with a string `channel`.
-pub fn parse_publish(data: Option<&RawValue>) -> Option<Publication> {
+pub fn parse_publish(data: Option<&RawValue>) -> Option<PublishData> {
     #[derive(serde::Deserialize)]
     struct P<'a> {
         #[serde(borrow)]
@@ -349,7 +349,7 @@ pub fn parse_publish(data: Option<&RawValue>) -> Option<Publication> {
     }
     let p: P<'_> = serde_json::from_str(data?.get()).ok()?;
     let channel: String = serde_json::from_str(p.channel?.get()).ok()?;
-    Some(Publication {
+    Some(PublishData {
         channel,
         data: p.data.map(RawValue::to_owned),
     })
