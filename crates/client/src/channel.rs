@@ -11,10 +11,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::connection::Command;
 use crate::error::SubscribeError;
+use crate::watch::StateWatch;
 
 /// The state of a channel (JS `pending` / `subscribed` / `unsubscribed`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -137,6 +137,15 @@ pub struct ChannelStatus {
     pub ended: Option<SubscribeError>,
 }
 
+/// How a [`Subscription`] reaches the connection task (implemented by its command
+/// channel).
+pub(crate) trait ChannelLink: Send + Sync {
+    /// Unsubscribe the channel.
+    fn unsubscribe(&self, channel: &str);
+    /// One consumer of the channel is gone.
+    fn drop_consumer(&self, channel: &str, id: u64);
+}
+
 /// A subscription: a [`Stream`] of [`Message`]s on one channel that survives
 /// reconnects (the channel goes back to pending and is resubscribed after the next
 /// handshake). The stream ends when the channel is unsubscribed
@@ -152,7 +161,7 @@ pub struct Subscription {
     pub(crate) id: u64,
     pub(crate) rx: crate::queue::Queue<Message>,
     pub(crate) status: watch::Receiver<ChannelStatus>,
-    pub(crate) cmd: mpsc::UnboundedSender<Command>,
+    pub(crate) link: Box<dyn ChannelLink>,
 }
 
 impl fmt::Debug for Subscription {
@@ -182,8 +191,8 @@ impl Subscription {
 
     /// A watch of this channel's status (state changes are observable with
     /// `changed().await`).
-    pub fn status(&self) -> watch::Receiver<ChannelStatus> {
-        self.status.clone()
+    pub fn status(&self) -> StateWatch<ChannelStatus> {
+        StateWatch::new(self.status.clone())
     }
 
     /// Wait until the server has confirmed the subscription. Fails when the channel is
@@ -219,9 +228,7 @@ impl Subscription {
 
     /// Unsubscribe the channel (every `Subscription` of it ends).
     pub fn unsubscribe(self) {
-        let _ = self.cmd.send(Command::Unsubscribe {
-            channel: self.channel.clone(),
-        });
+        self.link.unsubscribe(&self.channel);
     }
 
     /// Turn into a stream of deserialized values.
@@ -242,10 +249,7 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let _ = self.cmd.send(Command::DropConsumer {
-            channel: self.channel.clone(),
-            id: self.id,
-        });
+        self.link.drop_consumer(&self.channel, self.id);
     }
 }
 
@@ -276,54 +280,5 @@ impl<T: DeserializeOwned> Stream for TypedSubscription<T> {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-/// A consumer of a channel, held by the connection task.
-#[derive(Debug)]
-pub(crate) struct Consumer {
-    pub(crate) id: u64,
-    pub(crate) tx: crate::queue::Sender<Message>,
-    pub(crate) dropped: u64,
-}
-
-/// One entry of the channel table owned by the connection task.
-#[derive(Debug)]
-pub(crate) struct ChannelEntry {
-    pub(crate) state: ChannelState,
-    pub(crate) options: SubscribeOptions,
-    /// The cid of the in-flight `#subscribe`.
-    pub(crate) pending_cid: Option<u64>,
-    /// Whether the in-flight `#subscribe` was sent while unauthenticated.
-    pub(crate) sent_unauthenticated: bool,
-    /// The one retry after a re-authentication has been used.
-    pub(crate) auth_retry_used: bool,
-    /// Kept pending by an auth-related rejection, waiting for a re-authentication.
-    pub(crate) awaiting_reauth: Option<socketcluster_protocol::WireError>,
-    pub(crate) consumers: Vec<Consumer>,
-    pub(crate) status: watch::Sender<ChannelStatus>,
-}
-
-impl ChannelEntry {
-    pub(crate) fn new(options: SubscribeOptions) -> Self {
-        let (status, _) = watch::channel(ChannelStatus {
-            state: ChannelState::Pending,
-            ended: None,
-        });
-        ChannelEntry {
-            state: ChannelState::Pending,
-            options,
-            pending_cid: None,
-            sent_unauthenticated: false,
-            auth_retry_used: false,
-            awaiting_reauth: None,
-            consumers: Vec::new(),
-            status,
-        }
-    }
-
-    pub(crate) fn set_state(&mut self, state: ChannelState) {
-        self.state = state;
-        self.status.send_modify(|s| s.state = state);
     }
 }

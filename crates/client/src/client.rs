@@ -10,19 +10,22 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use socketcluster_protocol::CloseCode;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::auth::{AuthState, AuthStatus};
 use crate::channel::{ChannelState, SubscribeOptions, Subscription};
-use crate::connection::{Command, Connection, ConnectionState, Snapshot};
+use crate::command::{Command, CommandSender, SendError};
+use crate::connection::Connection;
 use crate::connector::Dialer;
 use crate::error::{ConnectError, InvokeError, SubscribeError, TransmitError};
 use crate::events::{ConnectStatus, EventHub, Events};
 use crate::options::{ClientBuilder, ClientOptions};
 use crate::rpc::{Handler, Procedure, Receiver};
+use crate::session::{ConnectionState, Session, Snapshot};
+use crate::watch::StateWatch;
 
 struct Inner {
-    cmd: mpsc::UnboundedSender<Command>,
+    cmd: CommandSender,
     snapshot: watch::Receiver<Snapshot>,
     hub: EventHub,
     options: Arc<ClientOptions>,
@@ -62,6 +65,25 @@ fn to_raw<T: Serialize + ?Sized>(data: &T) -> Result<Box<RawValue>, serde_json::
     serde_json::value::to_raw_value(data)
 }
 
+impl ClientBuilder {
+    /// Build the client and spawn its connection task (must be called inside a tokio
+    /// runtime). With `auto_connect` (default) it starts connecting at once and keeps
+    /// retrying per the reconnect policy, like the JS client; nothing is awaited.
+    pub fn build(self) -> Result<Client, ConnectError> {
+        Client::spawn(self.into_options())
+    }
+
+    /// Build the client and wait for the first handshake. Fails with the first attempt's
+    /// error (the client is then closed); later drops are handled by auto-reconnect.
+    pub async fn connect(self) -> Result<Client, ConnectError> {
+        let mut options = self.into_options();
+        options.auto_connect = false;
+        let client = Client::spawn(options)?;
+        client.connect_and_wait().await?;
+        Ok(client)
+    }
+}
+
 impl Client {
     /// A builder with the JS defaults.
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
@@ -82,33 +104,11 @@ impl Client {
     pub(crate) fn spawn(options: ClientOptions) -> Result<Client, ConnectError> {
         let dialer = Dialer::new(&options)?;
         let options = Arc::new(options);
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = crate::command::channel(options.command_capacity);
         let (hub, events_tx) = EventHub::new(options.event_capacity);
-        let (snap_tx, snap_rx) = watch::channel(Snapshot {
-            // Visible at once, like the JS client (CL-1).
-            state: if options.auto_connect {
-                ConnectionState::Connecting
-            } else {
-                ConnectionState::Closed
-            },
-            status: None,
-            auth_state: AuthState::Unauthenticated,
-            signed_token: None,
-            claims: None,
-            channels: Default::default(),
-            pending_reconnect: None,
-            connect_attempts: 0,
-            terminated: false,
-        });
-        let conn = Connection::new(
-            options.clone(),
-            dialer,
-            cmd_rx,
-            cmd_tx.downgrade(),
-            events_tx,
-            hub.clone(),
-            snap_tx,
-        );
+        let (snap_tx, snap_rx) = watch::channel(Snapshot::initial(options.auto_connect));
+        let session = Session::new(options.clone(), cmd_tx.downgrade(), events_tx, snap_tx);
+        let conn = Connection::new(options.clone(), session, dialer, cmd_rx, hub.clone());
         tokio::spawn(conn.run());
         Ok(Client {
             inner: Arc::new(Inner {
@@ -121,8 +121,15 @@ impl Client {
         })
     }
 
-    fn send(&self, cmd: Command) -> bool {
-        self.inner.cmd.send(cmd).is_ok()
+    /// Send a command without waiting (a data-carrying one fails when the command
+    /// channel is full: see [`ClientOptions::command_capacity`]).
+    fn send(&self, cmd: Command) -> Result<(), SendError> {
+        self.inner.cmd.try_send(cmd)
+    }
+
+    /// Send a command, waiting for room in the command channel.
+    async fn send_wait(&self, cmd: Command) -> Result<(), SendError> {
+        self.inner.cmd.send(cmd).await
     }
 
     fn next_id(&self) -> u64 {
@@ -142,7 +149,16 @@ impl Client {
     }
 
     /// A watch of the connection state.
-    pub fn state_watch(&self) -> watch::Receiver<ConnectionState> {
+    ///
+    /// ```no_run
+    /// # async fn demo(client: socketcluster_client::Client) {
+    /// let mut state = client.state_watch();
+    /// while let Some(s) = state.changed().await {
+    ///     tracing::info!(state = s.as_str(), "connection state");
+    /// }
+    /// # }
+    /// ```
+    pub fn state_watch(&self) -> StateWatch<ConnectionState> {
         let (tx, rx) = watch::channel(self.state());
         let mut snap = self.inner.snapshot.clone();
         tokio::spawn(async move {
@@ -158,7 +174,7 @@ impl Client {
                 }
             }
         });
-        rx
+        StateWatch::new(rx)
     }
 
     /// The socket id of the current connection.
@@ -204,13 +220,13 @@ impl Client {
     /// Start connecting if closed (cancels a pending reconnect). Does nothing when
     /// connecting or open.
     pub fn connect_now(&self) {
-        self.send(Command::Connect { done: None });
+        let _ = self.send(Command::Connect { done: None });
     }
 
     /// Connect if needed and wait until the handshake completes (or the attempt fails).
     pub async fn connect_and_wait(&self) -> Result<(), ConnectError> {
         let (tx, rx) = oneshot::channel();
-        if !self.send(Command::Connect { done: Some(tx) }) {
+        if self.send(Command::Connect { done: Some(tx) }).is_err() {
             return Err(ConnectError::Closed);
         }
         rx.await.unwrap_or(Err(ConnectError::Closed))
@@ -220,7 +236,7 @@ impl Client {
     /// policy still applies: 1000 and >= 4500 do not reconnect, other codes do. While
     /// closed, cancels a pending reconnect.
     pub fn disconnect(&self, code: u16, reason: Option<&str>) {
-        self.send(Command::Disconnect {
+        let _ = self.send(Command::Disconnect {
             code: CloseCode(code),
             reason: reason.map(str::to_owned),
         });
@@ -233,7 +249,7 @@ impl Client {
 
     /// Disconnect with `code`/`reason` and connect again at once.
     pub fn reconnect_with(&self, code: u16, reason: Option<&str>) {
-        self.send(Command::Reconnect {
+        let _ = self.send(Command::Reconnect {
             code: CloseCode(code),
             reason: reason.map(str::to_owned),
         });
@@ -243,7 +259,7 @@ impl Client {
     /// [`InvokeError::Closed`], every stream ends, the task stops.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.send(Command::Close { done: tx }) {
+        if self.send(Command::Close { done: tx }).is_ok() {
             let _ = rx.await;
         }
     }
@@ -266,19 +282,23 @@ impl Client {
     }
 
     /// Send an event with raw data (or none: `{"event":"x"}`).
+    ///
+    /// Fails with [`TransmitError::Full`] (and sends nothing) when
+    /// [`ClientOptions::command_capacity`] commands are already waiting for the
+    /// connection task.
     pub fn transmit_raw(
         &self,
         event: &str,
         data: Option<Box<RawValue>>,
     ) -> Result<(), TransmitError> {
-        if self.send(Command::Transmit {
+        self.send(Command::Transmit {
             event: event.to_owned(),
             data,
-        }) {
-            Ok(())
-        } else {
-            Err(TransmitError::Closed)
-        }
+        })
+        .map_err(|e| match e {
+            SendError::Full => TransmitError::Full,
+            SendError::Closed => TransmitError::Closed,
+        })
     }
 
     /// Invoke a procedure and deserialize the answer (absent data deserializes from
@@ -318,12 +338,16 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<Option<Box<RawValue>>, InvokeError> {
         let (tx, rx) = oneshot::channel();
-        if !self.send(Command::Invoke {
-            event: procedure.to_owned(),
-            data,
-            timeout,
-            reply: tx,
-        }) {
+        if self
+            .send_wait(Command::Invoke {
+                event: procedure.to_owned(),
+                data,
+                timeout,
+                reply: tx,
+            })
+            .await
+            .is_err()
+        {
             return Err(InvokeError::Closed);
         }
         rx.await.unwrap_or(Err(InvokeError::Closed))
@@ -333,7 +357,7 @@ impl Client {
     pub fn receiver(&self, event: &str) -> Receiver {
         let (tx, rx) = crate::queue::bounded(self.inner.options.buffer_capacity);
         let id = self.next_id();
-        self.send(Command::AddHandler {
+        let _ = self.send(Command::AddHandler {
             name: event.to_owned(),
             id,
             handler: Handler::Receiver(tx),
@@ -342,7 +366,7 @@ impl Client {
             name: event.to_owned(),
             id,
             rx,
-            cmd: self.inner.cmd.clone(),
+            link: Box::new(self.inner.cmd.clone()),
         }
     }
 
@@ -360,7 +384,7 @@ impl Client {
     pub fn procedure(&self, procedure: &str) -> Procedure {
         let (tx, rx) = crate::queue::bounded(self.inner.options.buffer_capacity);
         let id = self.next_id();
-        self.send(Command::AddHandler {
+        let _ = self.send(Command::AddHandler {
             name: procedure.to_owned(),
             id,
             handler: Handler::Procedure(tx),
@@ -369,7 +393,7 @@ impl Client {
             name: procedure.to_owned(),
             id,
             rx,
-            cmd: self.inner.cmd.clone(),
+            link: Box::new(self.inner.cmd.clone()),
         }
     }
 
@@ -401,13 +425,17 @@ impl Client {
         let (tx, rx) = crate::queue::bounded(self.inner.options.buffer_capacity);
         let (rtx, rrx) = oneshot::channel();
         let id = self.next_id();
-        if !self.send(Command::Subscribe {
-            channel: channel.to_owned(),
-            options,
-            consumer_id: id,
-            tx,
-            reply: rtx,
-        }) {
+        if self
+            .send_wait(Command::Subscribe {
+                channel: channel.to_owned(),
+                options,
+                consumer_id: id,
+                tx,
+                reply: rtx,
+            })
+            .await
+            .is_err()
+        {
             return Err(SubscribeError::Closed);
         }
         let status = rrx.await.map_err(|_| SubscribeError::Closed)?;
@@ -416,14 +444,14 @@ impl Client {
             id,
             rx,
             status,
-            cmd: self.inner.cmd.clone(),
+            link: Box::new(self.inner.cmd.clone()),
         })
     }
 
     /// Unsubscribe `channel`: every [`Subscription`] of it ends; `#unsubscribe` is sent
     /// if connected.
     pub fn unsubscribe(&self, channel: &str) {
-        self.send(Command::Unsubscribe {
+        let _ = self.send(Command::Unsubscribe {
             channel: channel.to_owned(),
         });
     }
@@ -454,7 +482,7 @@ impl Client {
     /// Send `#subscribe` for every pending channel (needed when
     /// `auto_subscribe_on_connect` is off).
     pub fn process_pending_subscriptions(&self) {
-        self.send(Command::ProcessPending);
+        let _ = self.send(Command::ProcessPending);
     }
 
     /// Publish with acknowledgement (`#publish` invoke).
@@ -518,10 +546,14 @@ impl Client {
     /// the server answers `isAuthenticated: false`, like the JS client.
     pub async fn authenticate(&self, token: &str) -> Result<AuthStatus, InvokeError> {
         let (tx, rx) = oneshot::channel();
-        if !self.send(Command::Authenticate {
-            token: token.to_owned(),
-            reply: tx,
-        }) {
+        if self
+            .send_wait(Command::Authenticate {
+                token: token.to_owned(),
+                reply: tx,
+            })
+            .await
+            .is_err()
+        {
             return Err(InvokeError::Closed);
         }
         rx.await.unwrap_or(Err(InvokeError::Closed))
@@ -531,7 +563,7 @@ impl Client {
     /// unauthenticated. Channels are not unsubscribed.
     pub async fn deauthenticate(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.send(Command::Deauthenticate { done: tx }) {
+        if self.send(Command::Deauthenticate { done: tx }).is_ok() {
             let _ = rx.await;
         }
     }
@@ -540,16 +572,16 @@ impl Client {
 
     /// Buffer outgoing packets and flush them as one array every `batch_interval`.
     pub fn start_batching(&self) {
-        self.send(Command::StartBatching);
+        let _ = self.send(Command::StartBatching);
     }
 
     /// Flush the batch and stop batching.
     pub fn stop_batching(&self) {
-        self.send(Command::StopBatching);
+        let _ = self.send(Command::StopBatching);
     }
 
     /// Discard the batch and stop batching.
     pub fn cancel_batching(&self) {
-        self.send(Command::CancelBatching);
+        let _ = self.send(Command::CancelBatching);
     }
 }

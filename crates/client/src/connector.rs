@@ -2,26 +2,15 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use crate::auth::BoxFuture;
 use crate::error::ConnectError;
 use crate::options::ClientOptions;
-
-/// A byte stream the WebSocket runs over (TCP, or an in-memory pipe in tests).
-pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
-
-pub(crate) type BoxedIo = Box<dyn Io>;
-
-/// Opens the byte stream instead of TCP (tests use in-memory pipes with paused time).
-pub(crate) type TransportFactory =
-    Arc<dyn Fn() -> BoxFuture<'static, std::io::Result<BoxedIo>> + Send + Sync>;
+use crate::transport::{BoxedIo, TransportFactory};
 
 pub(crate) type WsStream = WebSocketStream<MaybeTlsStream<BoxedIo>>;
 

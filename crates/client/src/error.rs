@@ -121,6 +121,11 @@ pub enum TransmitError {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// Nothing was sent: `command_capacity` commands are already waiting for the
+    /// connection task (see [`ClientOptions::command_capacity`](crate::ClientOptions::command_capacity)).
+    /// Retry later, or use an `async` call, which waits for room.
+    #[error("the client's command queue is full")]
+    Full,
 }
 
 /// A subscription failed or ended.
@@ -249,4 +254,9 @@ pub enum RespondError {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// Nothing was sent: the client's command queue is full (see
+    /// [`ClientOptions::command_capacity`](crate::ClientOptions::command_capacity)); the
+    /// request may be answered again.
+    #[error("the client's command queue is full")]
+    Full,
 }

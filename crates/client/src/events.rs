@@ -8,11 +8,11 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use serde_json::{Map, Value};
 use socketcluster_protocol::{CloseCode, ErrorObject, WireError};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use crate::auth::{AuthState, ReauthReason};
 use crate::channel::ChannelState;
-use crate::connection::Command;
+use crate::command::{Command, WeakCommandSender};
 
 /// The handshake result, as carried by the `connect` event and kept by the handle
 /// ([`Client::status`](crate::Client::status)).
@@ -36,14 +36,14 @@ pub struct ConnectStatus {
 /// event). Equivalent to [`Client::process_pending_subscriptions`](crate::Client::process_pending_subscriptions).
 #[derive(Clone, Debug)]
 pub struct PendingSubscriptions {
-    pub(crate) tx: mpsc::WeakUnboundedSender<Command>,
+    pub(crate) tx: WeakCommandSender,
 }
 
 impl PendingSubscriptions {
     /// Send `#subscribe` for every pending channel (descending priority).
     pub fn process(&self) {
         if let Some(tx) = self.tx.upgrade() {
-            let _ = tx.send(Command::ProcessPending);
+            let _ = tx.try_send(Command::ProcessPending);
         }
     }
 }

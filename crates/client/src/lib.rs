@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod channel;
 mod client;
+mod command;
 mod connection;
 mod connector;
 pub mod error;
@@ -11,6 +12,9 @@ pub mod events;
 mod options;
 mod queue;
 pub mod rpc;
+mod session;
+mod transport;
+mod watch;
 
 pub use auth::{
     AuthState, AuthStatus, BoxError, FileTokenStore, MemoryTokenStore, ReauthReason, TokenProvider,
@@ -20,7 +24,6 @@ pub use channel::{
     ChannelState, ChannelStatus, Message, SubscribeOptions, Subscription, TypedSubscription,
 };
 pub use client::Client;
-pub use connection::ConnectionState;
 pub use error::{
     AuthenticateError, BadConnectionType, ConnectError, ConnectErrorKind, InvokeError,
     InvokeErrorKind, PublishError, RespondError, SubscribeError, SubscribeErrorKind,
@@ -29,9 +32,11 @@ pub use error::{
 pub use events::{ConnectStatus, Event, Events, PendingSubscriptions};
 pub use options::{ClientBuilder, ClientOptions};
 pub use rpc::{Procedure, Receiver, Request, Transmitted};
+pub use session::ConnectionState;
 pub use socketcluster_protocol::{
     CloseCode, ErrorName, ErrorObject, ProtocolVersion, ReconnectOptions, WireError,
 };
+pub use watch::StateWatch;
 
 #[cfg(test)]
 mod tests;

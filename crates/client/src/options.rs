@@ -8,11 +8,9 @@ use std::time::Duration;
 use socketcluster_protocol::{ProtocolVersion, ReconnectOptions};
 
 use crate::auth::{BoxTokenProvider, MemoryTokenStore, TokenProvider, TokenStore};
-use crate::client::Client;
-use crate::error::ConnectError;
 
 /// Everything the client can be configured with. Build it with [`ClientBuilder`]
-/// ([`Client::builder`]).
+/// ([`Client::builder`](crate::Client::builder)).
 ///
 /// WebSocket buffers are not configurable: every connection uses an 8 KiB read buffer and
 /// writes once 8 KiB of frames are buffered (and at the end of every batch of work of the
@@ -65,11 +63,18 @@ pub struct ClientOptions {
     ///
     /// [`Event::SlowConsumer`]: crate::Event::SlowConsumer
     pub buffer_capacity: usize,
-    /// Capacity of each [`Client::events`] stream (a lagging reader gets
+    /// Capacity of each [`Client::events`](crate::Client::events) stream (a lagging reader gets
     /// [`Event::Lagged`]). Rust-only; default 1024.
     ///
     /// [`Event::Lagged`]: crate::Event::Lagged
     pub event_capacity: usize,
+    /// How many data-carrying commands (transmits, invokes, publishes, subscriptions,
+    /// `authenticate`, answers to server invokes) may wait for the connection task at
+    /// once. When that many wait, `async` calls wait for room and synchronous ones
+    /// (`transmit`, `transmit_publish`, `Request::respond`) fail with a `Full` error;
+    /// commands without data (disconnect, unsubscribe, dropping a stream) are never
+    /// refused. Rust-only (the JS client buffers without limit); default 1024.
+    pub command_capacity: usize,
     /// Where the signed token is kept. JS default (Node): in memory, per client object.
     pub token_store: Arc<dyn TokenStore>,
     /// The re-authentication hook (Rust-only; the JS client has none). Default: none.
@@ -89,7 +94,7 @@ pub struct ClientOptions {
     pub timestamp_requests: bool,
     /// Name of that query parameter (JS `timestampParam`). JS default: `t`.
     pub timestamp_param: String,
-    pub(crate) transport: Option<crate::connector::TransportFactory>,
+    pub(crate) transport: Option<crate::transport::TransportFactory>,
 }
 
 impl fmt::Debug for ClientOptions {
@@ -137,6 +142,7 @@ impl ClientOptions {
             batch_interval: Duration::from_millis(50),
             buffer_capacity: 1024,
             event_capacity: 1024,
+            command_capacity: 1024,
             token_store: Arc::new(MemoryTokenStore::new()),
             token_provider: None,
             reauth_margin: Duration::from_secs(30),
@@ -166,7 +172,7 @@ impl ClientOptions {
     }
 }
 
-/// Consuming builder for a [`Client`].
+/// Consuming builder for a [`Client`](crate::Client).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -243,7 +249,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Connect when built (default true). With `false`, call [`Client::connect`].
+    /// Connect when built (default true). With `false`, call [`Client::connect`](crate::Client::connect).
     pub fn auto_connect(mut self, on: bool) -> Self {
         self.options.auto_connect = on;
         self
@@ -276,7 +282,7 @@ impl ClientBuilder {
     }
 
     /// Resubscribe pending channels right after each handshake (default true). With
-    /// `false`, nothing is subscribed until [`Client::process_pending_subscriptions`].
+    /// `false`, nothing is subscribed until [`Client::process_pending_subscriptions`](crate::Client::process_pending_subscriptions).
     pub fn auto_subscribe_on_connect(mut self, on: bool) -> Self {
         self.options.auto_subscribe_on_connect = on;
         self
@@ -309,6 +315,13 @@ impl ClientBuilder {
     /// Per-consumer buffer capacity (default 1024).
     pub fn buffer_capacity(mut self, capacity: usize) -> Self {
         self.options.buffer_capacity = capacity.max(1);
+        self
+    }
+
+    /// How many data-carrying commands may wait for the connection task (default 1024;
+    /// see [`ClientOptions::command_capacity`]).
+    pub fn command_capacity(mut self, capacity: usize) -> Self {
+        self.options.command_capacity = capacity.max(1);
         self
     }
 
@@ -357,22 +370,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Build the client and spawn its connection task (must be called inside a tokio
-    /// runtime). With `auto_connect` (default) it starts connecting at once and keeps
-    /// retrying per the reconnect policy, like the JS client; nothing is awaited.
-    pub fn build(self) -> Result<Client, ConnectError> {
-        Client::spawn(self.options)
-    }
-
-    /// Build the client and wait for the first handshake. Fails with the first attempt's
-    /// error (the client is then closed); later drops are handled by auto-reconnect.
-    pub async fn connect(mut self) -> Result<Client, ConnectError> {
-        let auto = self.options.auto_connect;
-        self.options.auto_connect = false;
-        let client = Client::spawn(self.options)?;
-        let _ = auto;
-        client.connect_and_wait().await?;
-        Ok(client)
+    /// The options, to build the client with.
+    pub(crate) fn into_options(self) -> ClientOptions {
+        self.options
     }
 }
 

@@ -12,9 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use socketcluster_protocol::{Cid, WireError};
-use tokio::sync::mpsc;
 
-use crate::connection::Command;
 use crate::error::RespondError;
 
 /// An event transmitted by the server.
@@ -40,7 +38,7 @@ pub struct Receiver {
     pub(crate) name: String,
     pub(crate) id: u64,
     pub(crate) rx: crate::queue::Queue<Transmitted>,
-    pub(crate) cmd: mpsc::UnboundedSender<Command>,
+    pub(crate) link: Box<dyn HandlerLink>,
 }
 
 impl fmt::Debug for Receiver {
@@ -67,18 +65,29 @@ impl Stream for Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        let _ = self.cmd.send(Command::DropHandler {
-            name: self.name.clone(),
-            id: self.id,
-        });
+        self.link.drop_handler(&self.name, self.id);
     }
+}
+
+/// How [`Receiver`], [`Procedure`] and [`Request`] reach the connection task
+/// (implemented by its command channel).
+pub(crate) trait HandlerLink: Send + Sync {
+    /// A receiver or procedure stream is gone.
+    fn drop_handler(&self, name: &str, id: u64);
+    /// Answer the server invoke `cid` of connection `generation`.
+    fn respond(
+        &self,
+        generation: u64,
+        cid: Cid,
+        response: Result<Option<Box<RawValue>>, WireError>,
+    ) -> Result<(), RespondError>;
 }
 
 pub(crate) struct Responder {
     pub(crate) cid: Cid,
     pub(crate) generation: u64,
     pub(crate) answered: AtomicBool,
-    pub(crate) cmd: mpsc::UnboundedSender<Command>,
+    pub(crate) link: Box<dyn HandlerLink>,
 }
 
 /// A request from the server to answer (an invoke of a client procedure). If it is
@@ -112,14 +121,16 @@ impl Request {
         if self.responder.answered.swap(true, Ordering::SeqCst) {
             return Err(RespondError::AlreadyAnswered);
         }
-        self.responder
-            .cmd
-            .send(Command::Respond {
-                generation: self.responder.generation,
-                cid: self.responder.cid.clone(),
-                response,
-            })
-            .map_err(|_| RespondError::Closed)
+        let r = self.responder.link.respond(
+            self.responder.generation,
+            self.responder.cid.clone(),
+            response,
+        );
+        if r.is_err() {
+            // Not sent: the request may be answered again.
+            self.responder.answered.store(false, Ordering::SeqCst);
+        }
+        r
     }
 
     /// Answer with data (`{"rid":n,"data":...}`).
@@ -145,7 +156,7 @@ pub struct Procedure {
     pub(crate) name: String,
     pub(crate) id: u64,
     pub(crate) rx: crate::queue::Queue<Request>,
-    pub(crate) cmd: mpsc::UnboundedSender<Command>,
+    pub(crate) link: Box<dyn HandlerLink>,
 }
 
 impl fmt::Debug for Procedure {
@@ -172,10 +183,7 @@ impl Stream for Procedure {
 
 impl Drop for Procedure {
     fn drop(&mut self) {
-        let _ = self.cmd.send(Command::DropHandler {
-            name: self.name.clone(),
-            id: self.id,
-        });
+        self.link.drop_handler(&self.name, self.id);
     }
 }
 

@@ -49,13 +49,12 @@ pub(crate) struct StormArgs {
 /// and reads `Subscribed` again).
 async fn resubscribed(sub: Subscription, count: Arc<AtomicUsize>, notify: Arc<Notify>) {
     let mut status = sub.status();
-    status.borrow_and_update();
+    status.latest();
     loop {
-        if status.changed().await.is_err() {
+        let Some(current) = status.changed().await else {
             return;
-        }
-        let state = status.borrow_and_update().state;
-        match state {
+        };
+        match current.state {
             ChannelState::Subscribed => {
                 count.fetch_add(1, Ordering::AcqRel);
                 notify.notify_one();

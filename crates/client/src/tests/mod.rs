@@ -17,7 +17,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
-use crate::connector::BoxedIo;
+use crate::transport::BoxedIo;
 use crate::{Client, ClientBuilder, ClientOptions, Event, Events};
 
 pub(crate) struct FakeServer {
@@ -245,9 +245,9 @@ pub(crate) async fn connected(b: ClientBuilder, server: &mut FakeServer) -> (Cli
 pub(crate) async fn wait_open(client: &Client) {
     let mut w = client.state_watch();
     tokio::time::timeout(Duration::from_secs(120), async {
-        while *w.borrow_and_update() != crate::ConnectionState::Open {
-            w.changed().await.expect("state watch");
-        }
+        w.wait_for(|s| *s == crate::ConnectionState::Open)
+            .await
+            .expect("state watch");
     })
     .await
     .expect("client did not open");

@@ -1,0 +1,564 @@
+//! Unit tests of the session state machine: no socket, no driver. Each test feeds
+//! inputs with explicit instants (tokio time paused) and checks the frames, actions and
+//! events that come out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio::time::Instant;
+
+use super::*;
+use socketcluster_protocol::CloseCode;
+
+use crate::auth::ReauthReason;
+use crate::channel::{ChannelStatus, Message, SubscribeOptions};
+use crate::command::{self, CommandReceiver, CommandSender};
+use crate::error::{SubscribeError, TokenStoreError};
+use crate::events::Event;
+use crate::options::ClientOptions;
+
+/// The wall clock the tests pretend it is (seconds since the epoch).
+const UNIX_NOW: f64 = 1_800_000_000.0;
+
+struct Harness {
+    s: Session,
+    events: broadcast::Receiver<Event>,
+    snapshot: watch::Receiver<Snapshot>,
+    _cmd: (CommandSender, CommandReceiver),
+}
+
+fn options(provider: bool) -> ClientOptions {
+    let mut o = ClientOptions::new("ws://test.invalid:8000");
+    if provider {
+        // The session never calls it: it asks the driver to ([`Action::CallProvider`]).
+        o.token_provider = Some(crate::auth::boxed_provider(|_req: TokenRequest| async {
+            Ok::<_, std::io::Error>(String::new())
+        }));
+    }
+    o
+}
+
+/// An unsigned-looking JWT with the given claims (the client never verifies).
+fn jwt(claims: Value) -> String {
+    use base64::Engine;
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{}.{}.sig",
+        e.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+        e.encode(claims.to_string())
+    )
+}
+
+fn unauthenticated() -> Value {
+    json!({"id": "s1", "pingTimeout": 20000, "isAuthenticated": false})
+}
+
+fn authenticated() -> Value {
+    json!({"id": "s1", "pingTimeout": 20000, "isAuthenticated": true})
+}
+
+impl Harness {
+    fn new(o: ClientOptions) -> Harness {
+        let (tx, rx) = command::channel(16);
+        let (etx, erx) = broadcast::channel(1024);
+        let (stx, srx) = watch::channel(Snapshot::initial(o.auto_connect));
+        let mut s = Session::new(Arc::new(o), tx.downgrade(), etx, stx);
+        s.unix_now = || UNIX_NOW;
+        s.unit_random = || 0.0;
+        Harness {
+            s,
+            events: erx,
+            snapshot: srx,
+            _cmd: (tx, rx),
+        }
+    }
+
+    /// Frames written since the last call (JSON, or the text itself for non-JSON).
+    fn frames(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.s.outputs().frames)
+            .into_iter()
+            .map(|t| serde_json::from_str(&t).unwrap_or(Value::String(t)))
+            .collect()
+    }
+
+    fn actions(&mut self) -> Vec<Action> {
+        self.s.outputs().actions.drain(..).collect()
+    }
+
+    /// Names of the events emitted since the last call.
+    fn events(&mut self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        while let Ok(e) = self.events.try_recv() {
+            v.push(e.name());
+        }
+        v
+    }
+
+    fn command(&mut self, c: Command) {
+        self.s.on_command(Instant::now(), c);
+    }
+
+    fn text(&mut self, v: Value) {
+        self.s.on_text(Instant::now(), &v.to_string());
+    }
+
+    fn reply(&mut self, cid: &Value, data: Value) {
+        self.text(json!({"rid": cid, "data": data}));
+    }
+
+    fn reply_error(&mut self, cid: &Value, error: Value) {
+        self.text(json!({"rid": cid, "error": error}));
+    }
+
+    /// Connect: dial, socket open, token loaded (`token`), `#handshake` answered with
+    /// `status`.
+    fn open(&mut self, token: Option<&str>, status: Value) {
+        let now = Instant::now();
+        self.command(Command::Connect { done: None });
+        assert!(matches!(self.actions()[..], [Action::Dial]));
+        assert!(self.s.on_socket_open(now));
+        assert!(matches!(self.actions()[..], [Action::LoadToken]));
+        assert!(
+            self.frames().is_empty(),
+            "nothing before the stored token is read"
+        );
+        self.s.on_token_loaded(now, Ok(token.map(str::to_owned)));
+        let hs = self.frames();
+        assert_eq!(hs.len(), 1, "{hs:?}");
+        assert_eq!(hs[0]["event"], "#handshake");
+        assert_eq!(hs[0]["data"]["authToken"], json!(token));
+        self.reply(&hs[0]["cid"], status);
+    }
+
+    fn subscribe(&mut self, channel: &str, o: SubscribeOptions) -> ChannelHandle {
+        let (tx, queue) = crate::queue::bounded(16);
+        let (rtx, mut rrx) = oneshot::channel();
+        self.command(Command::Subscribe {
+            channel: channel.to_owned(),
+            options: o,
+            consumer_id: 1,
+            tx,
+            reply: rtx,
+        });
+        ChannelHandle {
+            _queue: queue,
+            status: rrx.try_recv().expect("the status is handed back at once"),
+        }
+    }
+
+    fn transmit(&mut self, event: &str) {
+        self.command(Command::Transmit {
+            event: event.to_owned(),
+            data: None,
+        });
+    }
+
+    fn reauth(&self) -> Reauth {
+        self.s.reauth().clone()
+    }
+
+    fn provider_call(&mut self) -> (u64, ReauthReason) {
+        let actions = self.actions();
+        let calls: Vec<_> = actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::CallProvider { seq, request } => Some((seq, request.reason)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(calls.len(), 1, "one provider call: {calls:?}");
+        calls
+            .into_iter()
+            .next()
+            .unwrap_or((0, ReauthReason::NoToken))
+    }
+
+    fn advance_to(&mut self, at: Instant) {
+        self.s.on_timer(at);
+    }
+}
+
+struct ChannelHandle {
+    _queue: crate::queue::Queue<Message>,
+    status: watch::Receiver<ChannelStatus>,
+}
+
+fn events_of(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| match f["event"].as_str() {
+            Some(e) => match f["data"]["channel"].as_str() {
+                Some(c) => format!("{e} {c}"),
+                None => e.to_owned(),
+            },
+            None => f.to_string(),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- connection phases
+
+#[tokio::test(start_paused = true)]
+async fn dialing_times_out_with_4007_and_a_reconnect_is_scheduled() {
+    let mut h = Harness::new(options(false));
+    let t0 = Instant::now();
+    h.s.start(t0);
+    assert!(matches!(h.actions()[..], [Action::Dial]));
+    assert_eq!(h.s.poll_timeout(), Some(t0 + Duration::from_secs(20)));
+    h.events();
+    h.advance_to(t0 + Duration::from_secs(20));
+    let actions = h.actions();
+    assert!(
+        matches!(
+            &actions[..],
+            [Action::CloseSocket {
+                frame: CloseFrame::None,
+                ..
+            }]
+        ),
+        "{actions:?}"
+    );
+    assert_eq!(h.events(), ["connectAbort", "close", "error"]);
+    let delay = h.snapshot.borrow().pending_reconnect.expect("a reconnect");
+    let at = h.s.poll_timeout().expect("the reconnect deadline");
+    assert_eq!(at, t0 + Duration::from_secs(20) + delay);
+    h.advance_to(at);
+    assert!(matches!(h.actions()[..], [Action::Dial]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_handshake_waits_for_the_stored_token_and_survives_a_store_failure() {
+    let mut h = Harness::new(options(false));
+    let now = Instant::now();
+    h.s.start(now);
+    h.actions();
+    assert!(h.s.on_socket_open(now));
+    assert!(matches!(h.actions()[..], [Action::LoadToken]));
+    assert!(h.frames().is_empty());
+    h.events();
+    h.s.on_token_loaded(
+        now,
+        Err(TokenStoreError(std::io::Error::other("disk on fire"))),
+    );
+    assert_eq!(h.events(), ["error"]);
+    let f = h.frames();
+    assert_eq!(f[0]["event"], "#handshake");
+    assert_eq!(f[0]["data"], json!({"authToken": null}));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_handshake_aborts_with_4003_at_the_ack_timeout() {
+    let mut h = Harness::new(options(false));
+    let t0 = Instant::now();
+    h.s.start(t0);
+    assert!(h.s.on_socket_open(t0));
+    h.s.on_token_loaded(t0, Ok(None));
+    h.frames();
+    h.actions();
+    h.events();
+    h.advance_to(t0 + Duration::from_secs(10));
+    let actions = h.actions();
+    assert!(
+        matches!(&actions[..], [Action::CloseSocket { frame: CloseFrame::Code(4003, r), .. }] if r.is_empty()),
+        "{actions:?}"
+    );
+    assert_eq!(h.events(), ["error", "connectAbort", "close", "error"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_server_is_dropped_with_4000_and_pings_keep_it_alive() {
+    let mut h = Harness::new(options(false));
+    let t0 = Instant::now();
+    h.open(
+        None,
+        json!({"id": "s1", "pingTimeout": 500, "isAuthenticated": false}),
+    );
+    h.actions();
+    h.advance_to(t0 + Duration::from_millis(400));
+    h.s.on_text(t0 + Duration::from_millis(400), ""); // a version 2 ping
+    assert_eq!(h.frames(), [json!("")], "answered with a pong");
+    h.advance_to(t0 + Duration::from_millis(899));
+    assert!(h.actions().is_empty(), "the ping reset the deadline");
+    h.events();
+    h.advance_to(t0 + Duration::from_millis(900));
+    let actions = h.actions();
+    assert!(
+        matches!(
+            &actions[..],
+            [
+                Action::CloseSocket {
+                    frame: CloseFrame::Code(4000, _),
+                    ..
+                },
+                Action::Dial
+            ]
+        ),
+        "closed, and reconnecting at once (4000): {actions:?}"
+    );
+    assert_eq!(h.events(), ["disconnect", "close", "error", "connecting"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_auto_subscribe_nothing_is_requested_until_process_pending() {
+    let mut o = options(false);
+    o.auto_subscribe_on_connect = false;
+    let mut h = Harness::new(o);
+    let _a = h.subscribe("a", SubscribeOptions::new());
+    h.open(None, unauthenticated());
+    assert!(h.frames().is_empty());
+    h.command(Command::ProcessPending);
+    assert_eq!(events_of(&h.frames()), ["#subscribe a"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn frames_queued_before_a_close_are_handed_to_the_closer() {
+    let mut h = Harness::new(options(false));
+    h.open(None, unauthenticated());
+    h.frames();
+    h.actions();
+    h.transmit("last");
+    h.command(Command::Disconnect {
+        code: CloseCode(4321),
+        reason: Some("bye".into()),
+    });
+    assert!(h.frames().is_empty());
+    let actions = h.actions();
+    let [Action::CloseSocket { leftover, frame }] = &actions[..] else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(leftover.len(), 1);
+    assert!(leftover[0].contains("\"last\""));
+    assert_eq!(*frame, CloseFrame::Code(4321, "bye".into()));
+}
+
+// ---------------------------------------------------------------- re-authentication
+
+#[tokio::test(start_paused = true)]
+async fn unauthenticated_handshake_holds_subscriptions_and_queue_until_the_token_is_accepted() {
+    let mut h = Harness::new(options(true));
+    let _a = h.subscribe("private/a", SubscribeOptions::new());
+    h.transmit("queued");
+    h.open(None, unauthenticated());
+    assert!(
+        h.frames().is_empty(),
+        "nothing before the re-authentication"
+    );
+    let (seq, reason) = h.provider_call();
+    assert_eq!(reason, ReauthReason::NoToken);
+    assert_eq!(
+        h.reauth(),
+        Reauth::Provider {
+            seq,
+            hold: Hold::SubscriptionsAndQueue
+        }
+    );
+    let ev = h.events();
+    let connect = ev.iter().position(|e| *e == "connect");
+    let calling = ev.iter().position(|e| *e == "reauthenticating");
+    assert!(connect < calling && connect.is_some(), "{ev:?}");
+
+    h.s.on_provider_result(Instant::now(), seq, Ok("fresh".into()));
+    let f = h.frames();
+    assert_eq!(events_of(&f), ["#authenticate"]);
+    assert_eq!(f[0]["data"], "fresh");
+    let cid = f[0]["cid"].as_u64().unwrap_or(0);
+    assert_eq!(
+        h.reauth(),
+        Reauth::Authenticating {
+            cid,
+            hold: Hold::SubscriptionsAndQueue
+        }
+    );
+    h.reply(
+        &json!(cid),
+        json!({"isAuthenticated": true, "authError": null}),
+    );
+    assert_eq!(
+        events_of(&h.frames()),
+        ["#subscribe private/a", "queued"],
+        "subscriptions first, then the queue in call order"
+    );
+    assert!(matches!(&h.actions()[..], [Action::SaveToken(t)] if t == "fresh"));
+    assert_eq!(h.reauth(), Reauth::Idle);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_provider_gives_up_for_this_connection_and_releases_what_it_held() {
+    let mut h = Harness::new(options(true));
+    let _a = h.subscribe("a", SubscribeOptions::new());
+    let w = h.subscribe("w", SubscribeOptions::new().wait_for_auth(true));
+    h.transmit("queued");
+    h.open(None, unauthenticated());
+    let (seq, _) = h.provider_call();
+    h.events();
+    h.s.on_provider_result(
+        Instant::now(),
+        seq,
+        Err(Box::new(std::io::Error::other("login service down"))),
+    );
+    assert_eq!(h.events(), ["reauthenticationFailed", "subscribeRequest"]);
+    assert_eq!(
+        events_of(&h.frames()),
+        ["#subscribe a", "queued"],
+        "the waitForAuth channel stays pending, the rest goes out"
+    );
+    assert_eq!(h.reauth(), Reauth::GaveUp);
+    assert_eq!(w.status.borrow().state, ChannelState::Pending);
+    // No loop: a removed token does not call the provider again on this connection.
+    h.text(json!({"event": "#removeAuthToken"}));
+    assert!(
+        !h.actions()
+            .iter()
+            .any(|a| matches!(a, Action::CallProvider { .. }))
+    );
+    // The next connection starts afresh.
+    h.s.on_socket_closed(Instant::now(), CloseFrame::Code(4000, String::new()));
+    h.actions();
+    h.open(None, unauthenticated());
+    let (_, reason) = h.provider_call();
+    assert_eq!(reason, ReauthReason::NoToken);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_authenticate_fails_the_reauthentication_at_the_ack_timeout() {
+    let mut h = Harness::new(options(true));
+    h.open(None, unauthenticated());
+    let (seq, _) = h.provider_call();
+    let t1 = Instant::now() + Duration::from_secs(1);
+    h.s.on_provider_result(t1, seq, Ok("fresh".into()));
+    h.frames();
+    h.events();
+    h.s.on_text(t1, ""); // a ping keeps the ping deadline away
+    h.advance_to(t1 + Duration::from_secs(10));
+    assert_eq!(h.events(), ["reauthenticationFailed"]);
+    assert_eq!(h.reauth(), Reauth::GaveUp);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_token_holds_new_subscriptions_but_not_other_traffic() {
+    let mut h = Harness::new(options(true));
+    h.open(Some("old"), authenticated());
+    h.frames();
+    assert!(h.actions().is_empty(), "authenticated: no provider call");
+    h.text(json!({"event": "#removeAuthToken"}));
+    let actions = h.actions();
+    assert!(matches!(actions[0], Action::RemoveToken { emit: true }));
+    assert!(
+        matches!(&actions[1], Action::CallProvider { request, .. } if request.reason == ReauthReason::Removed)
+    );
+    let seq = h.s.provider_seq;
+    assert_eq!(
+        h.reauth(),
+        Reauth::Provider {
+            seq,
+            hold: Hold::Subscriptions
+        }
+    );
+    let _b = h.subscribe("b", SubscribeOptions::new());
+    h.transmit("now");
+    assert_eq!(events_of(&h.frames()), ["now"]);
+    h.s.on_provider_result(Instant::now(), seq, Ok("fresh".into()));
+    let f = h.frames();
+    h.reply(&f[0]["cid"], json!({"isAuthenticated": true}));
+    assert_eq!(events_of(&h.frames()), ["#subscribe b"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_before_exp_holds_nothing_until_the_server_removes_the_token() {
+    let mut o = options(true);
+    o.ping_timeout_disabled = true;
+    let mut h = Harness::new(o);
+    let token = jwt(json!({"iat": UNIX_NOW, "exp": UNIX_NOW + 100.0}));
+    let t0 = Instant::now();
+    h.open(Some(&token), authenticated());
+    h.actions();
+    // reauth_margin 30 s (less than a third of the 100 s lifetime): refresh at 70 s.
+    assert_eq!(h.s.poll_timeout(), Some(t0 + Duration::from_secs(70)));
+    h.advance_to(t0 + Duration::from_secs(70));
+    let (seq, reason) = h.provider_call();
+    assert_eq!(reason, ReauthReason::Expiring);
+    assert_eq!(
+        h.reauth(),
+        Reauth::Provider {
+            seq,
+            hold: Hold::Nothing
+        }
+    );
+    let _c = h.subscribe("c", SubscribeOptions::new());
+    assert_eq!(events_of(&h.frames()), ["#subscribe c"]);
+    // The server removes the token meanwhile: the same call now holds subscriptions.
+    h.text(json!({"event": "#removeAuthToken"}));
+    assert!(
+        !h.actions()
+            .iter()
+            .any(|a| matches!(a, Action::CallProvider { .. })),
+        "no second provider call"
+    );
+    assert_eq!(
+        h.reauth(),
+        Reauth::Provider {
+            seq,
+            hold: Hold::Subscriptions
+        }
+    );
+    let _d = h.subscribe("d", SubscribeOptions::new());
+    assert!(h.frames().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_auth_rejected_subscription_is_retried_once_after_reauthentication() {
+    let mut h = Harness::new(options(true));
+    h.open(Some("old"), authenticated());
+    h.actions();
+    let p = h.subscribe("p", SubscribeOptions::new());
+    let f = h.frames();
+    let expired = json!({"name": "AuthTokenExpiredError", "message": "jwt expired"});
+    h.reply_error(&f[0]["cid"], expired.clone());
+    let (seq, reason) = h.provider_call();
+    assert_eq!(reason, ReauthReason::SubscribeRejected("p".into()));
+    assert_eq!(p.status.borrow().state, ChannelState::Pending, "kept");
+    h.s.on_provider_result(Instant::now(), seq, Ok("fresh".into()));
+    let f = h.frames();
+    h.events();
+    h.reply(&f[0]["cid"], json!({"isAuthenticated": true}));
+    let f = h.frames();
+    assert_eq!(events_of(&f), ["#subscribe p"], "the one retry");
+    assert!(matches!(&h.actions()[..], [Action::SaveToken(_)]));
+    // Rejected again: final.
+    h.reply_error(&f[0]["cid"], expired);
+    assert!(h.actions().is_empty(), "no second re-authentication");
+    assert!(h.events().contains(&"subscribeFail"));
+    let status = p.status.borrow().clone();
+    assert_eq!(status.state, ChannelState::Unsubscribed);
+    assert!(matches!(status.ended, Some(SubscribeError::Rejected(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_provider_a_rejection_is_final_like_the_js_client() {
+    let mut h = Harness::new(options(false));
+    h.open(None, unauthenticated());
+    let p = h.subscribe("p", SubscribeOptions::new());
+    let f = h.frames();
+    h.events();
+    h.reply_error(&f[0]["cid"], json!({"name": "NopeError", "message": "no"}));
+    assert_eq!(h.events(), ["subscribeFail"]);
+    assert!(h.actions().is_empty());
+    assert_eq!(p.status.borrow().state, ChannelState::Unsubscribed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn closing_while_the_provider_runs_cancels_it_and_ignores_its_late_answer() {
+    let mut h = Harness::new(options(true));
+    h.open(None, unauthenticated());
+    let (seq, _) = h.provider_call();
+    h.s.on_socket_closed(Instant::now(), CloseFrame::Code(4000, String::new()));
+    let actions = h.actions();
+    assert!(matches!(actions[0], Action::CancelProvider), "{actions:?}");
+    assert!(matches!(actions[1], Action::CloseSocket { .. }));
+    assert_eq!(h.reauth(), Reauth::Idle, "no phase without a connection");
+    h.s.on_provider_result(Instant::now(), seq, Ok("late".into()));
+    assert!(h.frames().is_empty());
+    assert!(h.actions().is_empty());
+}
