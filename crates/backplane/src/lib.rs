@@ -8,10 +8,11 @@
 //! * [`Health`], [`NodeHealth`], [`BackplaneState`] (for `/health`) and [`Stats`];
 //! * [`metric_names`] and [`Counters`]: the metrics reported through the `metrics`
 //!   facade, labelled `backend="redis"` or `backend="nats"`;
-//! * [`backoff`](fn@backoff) and [`jitter`]: reconnect delays.
+//! * [`backoff`](fn@backoff) and [`jitter`]: reconnect delays;
+//! * [`LinkOptions`]: the connection, reconnect and queue settings of both brokers.
 //!
 //! The broker crates re-export the public types (`BackplaneState`, `Health`,
-//! `NodeHealth`, `Stats`, `InstanceId`, `metric_names`); applications use them from
+//! `NodeHealth`, `Stats`, `InstanceId`, `metric_names`, `LinkOptions`); applications use them from
 //! there.
 //!
 //! With the `testing` feature (only enabled by the broker crates' dev-dependencies), the
@@ -23,6 +24,7 @@ pub mod envelope;
 mod health;
 pub mod inbound;
 mod metrics;
+mod options;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -30,3 +32,4 @@ pub use backoff::{backoff, jitter};
 pub use envelope::InstanceId;
 pub use health::{BackplaneState, Health, LastError, NodeHealth, Stats};
 pub use metrics::{Counters, metric_names};
+pub use options::LinkOptions;

@@ -129,8 +129,8 @@ impl NatsBroker {
         let delays = options.clone();
         let client = async_nats::ConnectOptions::new()
             .name(options.client_name.clone())
-            .connection_timeout(options.connect_timeout)
-            .ping_interval(options.ping_interval)
+            .connection_timeout(options.link.connect_timeout)
+            .ping_interval(options.link.ping_interval)
             .max_reconnects(None)
             .reconnect_delay_callback(move |attempt| delays.reconnect_delay_for(attempt))
             .event_callback(move |event| {
@@ -144,12 +144,12 @@ impl NatsBroker {
             .await
             .map_err(|e| connect_error(e.into()))?;
         confirmer
-            .confirm(&client, &shared, options.connect_timeout)
+            .confirm(&client, &shared, options.link.connect_timeout)
             .await
             .map_err(|e| connect_error(e.into()))?;
         shared.mark_connected();
 
-        let (publish_tx, publish_rx) = mpsc::channel(options.publish_queue_capacity);
+        let (publish_tx, publish_rx) = mpsc::channel(options.link.publish_queue_capacity);
         let task = ConnectionTask {
             client,
             shared: shared.clone(),

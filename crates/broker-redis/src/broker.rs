@@ -142,7 +142,7 @@ fn connect_error(url: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync
 async fn is_cluster_node(ep: &Endpoint, options: &RedisBrokerOptions) -> Result<bool, Error> {
     let client = redis::Client::open(ep.info.clone()).map_err(|e| connect_error(&ep.url, e))?;
     let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(options.connect_timeout))
+        .set_connection_timeout(Some(options.link.connect_timeout))
         .set_response_timeout(Some(options.response_timeout));
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
@@ -201,7 +201,7 @@ impl RedisBroker {
                     .join(",");
                 let connector = ClusterConnector {
                     seeds: endpoints.into_iter().map(|e| e.info).collect(),
-                    connect_timeout: options.connect_timeout,
+                    connect_timeout: options.link.connect_timeout,
                     response_timeout: options.response_timeout,
                 };
                 Self::start(
@@ -221,7 +221,7 @@ impl RedisBroker {
                         ep.key,
                         NodeConnector {
                             client,
-                            connect_timeout: options.connect_timeout,
+                            connect_timeout: options.link.connect_timeout,
                             response_timeout: options.response_timeout,
                         },
                     ));
@@ -253,7 +253,7 @@ impl RedisBroker {
         let mut firsts = Vec::new();
         for ((url, key, connector), status) in connectors.into_iter().zip(statuses) {
             let (control_tx, control_rx) = mpsc::unbounded_channel();
-            let (publish_tx, publish_rx) = mpsc::channel(options.publish_queue_capacity);
+            let (publish_tx, publish_rx) = mpsc::channel(options.link.publish_queue_capacity);
             let (first_tx, first_rx) = oneshot::channel();
             let task = ConnectionTask {
                 connector,

@@ -155,7 +155,11 @@ impl<C: Connector> ConnectionTask<C> {
     }
 
     async fn serve(&mut self, link: &mut C::Link, signals: &Signals) -> Exit {
-        let period = self.options.ping_interval.max(Duration::from_millis(10));
+        let period = self
+            .options
+            .link
+            .ping_interval
+            .max(Duration::from_millis(10));
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
