@@ -9,7 +9,9 @@
 //! * [`metric_names`] and [`Counters`]: the metrics reported through the `metrics`
 //!   facade, labelled `backend="redis"` or `backend="nats"`;
 //! * [`backoff`](fn@backoff) and [`jitter`]: reconnect delays;
-//! * [`LinkOptions`]: the connection, reconnect and queue settings of both brokers.
+//! * [`LinkOptions`]: the connection, reconnect and queue settings of both brokers;
+//! * [`request`]: the round trip of a command (subscribe, publish ...) between a broker
+//!   handle and its connection task.
 //!
 //! The broker crates re-export the public types (`BackplaneState`, `Health`,
 //! `NodeHealth`, `Stats`, `InstanceId`, `metric_names`, `LinkOptions`); applications use them from
@@ -25,6 +27,7 @@ mod health;
 pub mod inbound;
 mod metrics;
 mod options;
+pub mod request;
 #[cfg(feature = "testing")]
 pub mod testing;
 

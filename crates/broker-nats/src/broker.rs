@@ -8,12 +8,13 @@ use async_nats::ServerAddr;
 use bytes::Bytes;
 use socketcluster_server::Publication;
 use socketcluster_server::broker::{Broker, BrokerError, BrokerFuture, Delivery};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 use crate::connection::{Confirmer, ConnectionTask, Control, Publish, unavailable};
 use socketcluster_backplane::{
     BackplaneState, Counters, Health, InstanceId, NodeHealth, Stats, envelope,
+    request::{self, Done},
 };
 
 use crate::error::Error;
@@ -208,15 +209,9 @@ impl NatsBroker {
         self.inner.shared.counters.snapshot()
     }
 
-    fn control(&self, make: impl FnOnce(crate::connection::Done) -> Control) -> BrokerFuture {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.inner.control.send(make(tx)).is_ok();
-        Box::pin(async move {
-            if !sent {
-                return Err(BrokerError("NATS broker stopped".to_owned()));
-            }
-            rx.await
-                .unwrap_or_else(|_| Err(BrokerError("NATS broker stopped".to_owned())))
+    fn control(&self, make: impl FnOnce(Done) -> Control) -> BrokerFuture {
+        request::send(crate::STOPPED, |done| {
+            let _ = self.inner.control.send(make(done));
         })
     }
 }
@@ -228,10 +223,6 @@ impl std::fmt::Debug for NatsBroker {
             .field("server", &self.inner.shared.address)
             .finish()
     }
-}
-
-fn fail(e: BrokerError) -> BrokerFuture {
-    Box::pin(std::future::ready(Err(e)))
 }
 
 impl Broker for NatsBroker {
@@ -262,35 +253,32 @@ impl Broker for NatsBroker {
         }
         if !shared.is_connected() {
             shared.counters.publish_failed();
-            return fail(unavailable(shared));
+            return request::failed(unavailable(shared));
         }
         let payload = envelope::encode(
             shared.instance,
             publication.channel(),
             publication.raw_data(),
         );
-        let (tx, rx) = oneshot::channel();
+        let (done, answer) = request::pair(crate::STOPPED);
         let item = Publish {
             subject: channel_subject(&shared.prefix, publication.channel()),
             payload: Bytes::from(payload),
             queued: Instant::now(),
-            done: tx,
+            done,
         };
         match self.inner.publish.try_send(item) {
-            Ok(()) => Box::pin(async move {
-                rx.await
-                    .unwrap_or_else(|_| Err(BrokerError("NATS broker stopped".to_owned())))
-            }),
+            Ok(()) => Box::pin(answer),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 shared.counters.publish_failed();
-                fail(BrokerError(format!(
+                request::failed(BrokerError(format!(
                     "NATS backplane publish queue is full ({} publications waiting)",
                     self.inner.publish.max_capacity()
                 )))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 shared.counters.publish_failed();
-                fail(BrokerError("NATS broker stopped".to_owned()))
+                request::failed(BrokerError(crate::STOPPED.to_owned()))
             }
         }
     }

@@ -94,3 +94,6 @@ pub use subject::{MAX_INLINE_CHANNEL_LEN, channel_subject};
 
 /// The `backend` label of this crate's metrics.
 const BACKEND: &str = "nats";
+
+/// The error of a command or publication when the broker's connection task is gone.
+const STOPPED: &str = "NATS broker stopped";

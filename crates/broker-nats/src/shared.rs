@@ -6,10 +6,10 @@ use std::sync::{Arc, OnceLock};
 
 use async_nats::Event;
 use socketcluster_server::broker::Delivery;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::connection::Control;
-use socketcluster_backplane::{BackplaneState, Counters, InstanceId, LastError, inbound};
+use socketcluster_backplane::{BackplaneState, Counters, InstanceId, LastError, inbound, request};
 
 pub(crate) struct Shared {
     pub(crate) instance: InstanceId,
@@ -105,18 +105,18 @@ impl EventHandler {
                 let Some(control) = self.control.upgrade() else {
                     return;
                 };
-                let (tx, rx) = oneshot::channel();
-                if control.send(Control::Confirm(tx)).is_err() {
+                let (done, answer) = request::pair(crate::STOPPED);
+                if control.send(Control::Confirm(done)).is_err() {
                     return;
                 }
                 let shared = self.shared.clone();
                 tokio::spawn(async move {
-                    match rx.await {
-                        Ok(Ok(())) => shared.mark_connected(),
-                        Ok(Err(e)) => {
+                    match answer.reply().await {
+                        Some(Ok(())) => shared.mark_connected(),
+                        Some(Err(e)) => {
                             tracing::debug!(error = %e, "NATS reconnect confirmation failed")
                         }
-                        Err(_) => {}
+                        None => {}
                     }
                 });
             }

@@ -12,6 +12,7 @@ use tokio::task::AbortHandle;
 use crate::connection::{ConnectionTask, Control, Publish, unavailable};
 use socketcluster_backplane::{
     BackplaneState, Counters, Health, InstanceId, NodeHealth, Stats, envelope,
+    request::{self, Done},
 };
 
 use crate::error::Error;
@@ -347,22 +348,11 @@ impl RedisBroker {
         &self.inner.nodes[hashing::pick(&self.inner.keys, channel)]
     }
 
-    fn control(
-        &self,
-        channel: &str,
-        make: fn(String, crate::connection::Done) -> Control,
-    ) -> BrokerFuture {
+    fn control(&self, channel: &str, make: fn(String, Done) -> Control) -> BrokerFuture {
         let node = self.node(channel);
-        let (tx, rx) = oneshot::channel();
-        let sent = node
-            .control
-            .send(make(self.inner.shared.redis_channel(channel), tx));
-        Box::pin(async move {
-            if sent.is_err() {
-                return Err(BrokerError("redis broker stopped".to_owned()));
-            }
-            rx.await
-                .unwrap_or_else(|_| Err(BrokerError("redis broker stopped".to_owned())))
+        let redis_channel = self.inner.shared.redis_channel(channel);
+        request::send(crate::STOPPED, |done| {
+            let _ = node.control.send(make(redis_channel, done));
         })
     }
 }
@@ -375,10 +365,6 @@ impl std::fmt::Debug for RedisBroker {
             .field("nodes", &self.inner.keys)
             .finish()
     }
-}
-
-fn fail(message: String) -> BrokerFuture {
-    Box::pin(std::future::ready(Err(BrokerError(message))))
 }
 
 impl Broker for RedisBroker {
@@ -408,36 +394,33 @@ impl Broker for RedisBroker {
         let node = self.node(publication.channel());
         if !node.status.is_connected() {
             shared.counters.publish_failed();
-            return Box::pin(std::future::ready(Err(unavailable(&node.status))));
+            return request::failed(unavailable(&node.status));
         }
         let payload = envelope::encode(
             shared.instance,
             publication.channel(),
             publication.raw_data(),
         );
-        let (tx, rx) = oneshot::channel();
+        let (done, answer) = request::pair(crate::STOPPED);
         let item = Publish {
             channel: shared.redis_channel(publication.channel()),
             payload,
             queued: Instant::now(),
-            done: tx,
+            done,
         };
         match node.publish.try_send(item) {
-            Ok(()) => Box::pin(async move {
-                rx.await
-                    .unwrap_or_else(|_| Err(BrokerError("redis broker stopped".to_owned())))
-            }),
+            Ok(()) => Box::pin(answer),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 shared.counters.publish_failed();
-                fail(format!(
+                request::failed(BrokerError(format!(
                     "redis backplane {} publish queue is full ({} publications waiting)",
                     node.key,
                     node.publish.max_capacity()
-                ))
+                )))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 shared.counters.publish_failed();
-                fail("redis broker stopped".to_owned())
+                request::failed(BrokerError(crate::STOPPED.to_owned()))
             }
         }
     }

@@ -19,9 +19,7 @@ use crate::link::{Connector, Link, Signals, is_connection_error};
 use crate::options::RedisBrokerOptions;
 use crate::shared::{NodeStatus, Shared};
 use socketcluster_backplane::jitter;
-
-/// Completion of a command.
-pub(crate) type Done = oneshot::Sender<Result<(), BrokerError>>;
+use socketcluster_backplane::request::Done;
 
 /// A publication waiting for the link.
 pub(crate) struct Publish {
@@ -187,7 +185,7 @@ impl<C: Connector> ConnectionTask<C> {
         match control {
             Control::Subscribe(channel, done) => {
                 if self.wanted.contains(&channel) {
-                    let _ = done.send(Ok(()));
+                    done.send(Ok(()));
                     return Ok(());
                 }
                 match link.subscribe(&[&channel]).await {
@@ -195,23 +193,23 @@ impl<C: Connector> ConnectionTask<C> {
                         self.wanted.insert(channel);
                         self.status.channels.fetch_add(1, Ordering::Relaxed);
                         self.shared.counters.channels_added(1);
-                        let _ = done.send(Ok(()));
+                        done.send(Ok(()));
                         Ok(())
                     }
                     Err(e) if is_connection_error(&e) => {
                         // Subscribed as soon as the link is back.
                         self.wanted.insert(channel);
-                        let _ = done.send(Ok(()));
+                        done.send(Ok(()));
                         Err(e.to_string())
                     }
                     Err(e) => {
-                        let _ = done.send(Err(BrokerError(format!("redis SUBSCRIBE failed: {e}"))));
+                        done.send(Err(BrokerError(format!("redis SUBSCRIBE failed: {e}"))));
                         Ok(())
                     }
                 }
             }
             Control::Unsubscribe(channel, done) => {
-                let _ = done.send(Ok(()));
+                done.send(Ok(()));
                 if !self.wanted.remove(&channel) {
                     return Ok(());
                 }
@@ -241,7 +239,7 @@ impl<C: Connector> ConnectionTask<C> {
             Ok(()) => {
                 for p in batch {
                     self.shared.counters.published(p.queued.elapsed());
-                    let _ = p.done.send(Ok(()));
+                    p.done.send(Ok(()));
                 }
                 Ok(())
             }
@@ -252,7 +250,7 @@ impl<C: Connector> ConnectionTask<C> {
                 );
                 for p in batch {
                     self.shared.counters.publish_failed();
-                    let _ = p.done.send(Err(BrokerError(message.clone())));
+                    p.done.send(Err(BrokerError(message.clone())));
                 }
                 if is_connection_error(&e) {
                     Err(e.to_string())
@@ -275,18 +273,18 @@ impl<C: Connector> ConnectionTask<C> {
                     None => return Err(()),
                     Some(Control::Subscribe(channel, done)) => {
                         self.wanted.insert(channel);
-                        let _ = done.send(Ok(()));
+                        done.send(Ok(()));
                     }
                     Some(Control::Unsubscribe(channel, done)) => {
                         self.wanted.remove(&channel);
-                        let _ = done.send(Ok(()));
+                        done.send(Ok(()));
                     }
                 },
                 p = self.publish.recv() => match p {
                     None => return Err(()),
                     Some(p) => {
                         self.shared.counters.publish_failed();
-                        let _ = p.done.send(Err(unavailable(&self.status)));
+                        p.done.send(Err(unavailable(&self.status)));
                     }
                 },
                 _ = &mut sleep => return Ok(()),

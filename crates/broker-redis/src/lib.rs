@@ -113,3 +113,6 @@ pub use socketcluster_backplane::{
 
 /// The `backend` label of this crate's metrics.
 const BACKEND: &str = "redis";
+
+/// The error of a command or publication when the broker's connection task is gone.
+const STOPPED: &str = "redis broker stopped";
