@@ -17,8 +17,8 @@
 //! `NodeHealth`, `Stats`, `InstanceId`, `metric_names`, `LinkOptions`); applications use them from
 //! there.
 //!
-//! With the `testing` feature (only enabled by the broker crates' dev-dependencies), the
-//! `testing` module holds the harness and scenarios shared by their integration tests.
+//! The harness and scenarios shared by the brokers' integration tests are in the
+//! unpublished `sc-test-support` crate (`backplane_suite`, feature `backplane-suite`).
 #![forbid(unsafe_code)]
 
 mod backoff;
@@ -28,8 +28,6 @@ pub mod inbound;
 mod metrics;
 mod options;
 pub mod request;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use backoff::{backoff, jitter};
 pub use envelope::InstanceId;
