@@ -6,6 +6,7 @@
 //!   the publishing broker's [`InstanceId`]; [`inbound::deliver`]: the checks made on a
 //!   received message (foreign data, own echoes, wrong channel) and its local delivery;
 //! * [`Health`], [`NodeHealth`], [`BackplaneState`] (for `/health`) and [`Stats`];
+//!   [`StateChanges`] to follow the state ([`StateSender`] is the broker's side);
 //! * [`metric_names`] and [`Counters`]: the metrics reported through the `metrics`
 //!   facade, labelled `backend="redis"` or `backend="nats"`;
 //! * [`backoff`](fn@backoff) and [`jitter`]: reconnect delays;
@@ -14,7 +15,8 @@
 //!   handle and its connection task.
 //!
 //! The broker crates re-export the public types (`BackplaneState`, `Health`,
-//! `NodeHealth`, `Stats`, `InstanceId`, `metric_names`, `LinkOptions`); applications use them from
+//! `NodeHealth`, `Stats`, `InstanceId`, `metric_names`, `LinkOptions`,
+//! `StateChanges`); applications use them from
 //! there.
 //!
 //! The harness and scenarios shared by the brokers' integration tests are in the
@@ -28,9 +30,11 @@ pub mod inbound;
 mod metrics;
 mod options;
 pub mod request;
+mod state;
 
 pub use backoff::{backoff, jitter};
 pub use envelope::InstanceId;
 pub use health::{BackplaneState, Health, LastError, NodeHealth, Stats};
 pub use metrics::{Counters, metric_names};
 pub use options::LinkOptions;
+pub use state::{StateChanges, StateSender};

@@ -13,7 +13,8 @@ use tokio::task::AbortHandle;
 
 use crate::connection::{Confirmer, ConnectionTask, Control, Publish, unavailable};
 use socketcluster_backplane::{
-    BackplaneState, Counters, Health, InstanceId, NodeHealth, Stats, envelope,
+    BackplaneState, Counters, Health, InstanceId, NodeHealth, StateChanges, StateSender, Stats,
+    envelope,
     request::{self, Done},
 };
 
@@ -108,7 +109,7 @@ impl NatsBroker {
             url: url.to_owned(),
             source: e,
         };
-        let (state, _) = watch::channel(BackplaneState::Disconnected);
+        let state = StateSender::new(BackplaneState::Disconnected);
         let (link, _) = watch::channel(true);
         let shared = Arc::new(Shared {
             instance: InstanceId::random(),
@@ -191,7 +192,7 @@ impl NatsBroker {
             s.channels.load(Ordering::Relaxed),
             || s.last_error.get(),
         );
-        Health::new(*s.state.borrow(), vec![node])
+        Health::new(s.state.get(), vec![node])
     }
 
     /// Whether the backplane is connected (and every subscription confirmed).
@@ -199,8 +200,8 @@ impl NatsBroker {
         self.inner.shared.is_connected()
     }
 
-    /// A receiver of the state; `changed()` resolves on every transition.
-    pub fn state_changes(&self) -> watch::Receiver<BackplaneState> {
+    /// Follows the state: [`StateChanges::changed`] resolves on every transition.
+    pub fn state_changes(&self) -> StateChanges {
         self.inner.shared.state.subscribe()
     }
 

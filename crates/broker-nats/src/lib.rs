@@ -88,7 +88,7 @@ pub use broker::NatsBroker;
 pub use error::Error;
 pub use options::NatsBrokerOptions;
 pub use socketcluster_backplane::{
-    BackplaneState, Health, InstanceId, LinkOptions, NodeHealth, Stats, metric_names,
+    BackplaneState, Health, InstanceId, LinkOptions, NodeHealth, StateChanges, Stats, metric_names,
 };
 pub use subject::{MAX_INLINE_CHANNEL_LEN, channel_subject};
 

@@ -6,12 +6,13 @@ use std::time::Instant;
 use redis::{ConnectionAddr, IntoConnectionInfo};
 use socketcluster_server::Publication;
 use socketcluster_server::broker::{Broker, BrokerError, BrokerFuture, Delivery};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::connection::{ConnectionTask, Control, Publish, unavailable};
 use socketcluster_backplane::{
-    BackplaneState, Counters, Health, InstanceId, NodeHealth, Stats, envelope,
+    BackplaneState, Counters, Health, InstanceId, NodeHealth, StateChanges, StateSender, Stats,
+    envelope,
     request::{self, Done},
 };
 
@@ -241,7 +242,7 @@ impl RedisBroker {
             .iter()
             .map(|(_, key, _)| Arc::new(NodeStatus::new(key.clone())))
             .collect();
-        let (state, _) = watch::channel(BackplaneState::Disconnected);
+        let state = StateSender::new(BackplaneState::Disconnected);
         let shared = Arc::new(Shared {
             instance: InstanceId::random(),
             prefix: options.channel_prefix.clone(),
@@ -326,16 +327,17 @@ impl RedisBroker {
                 || n.status.last_error.get(),
             )
         });
-        Health::new(*self.inner.shared.state.borrow(), nodes.collect())
+        Health::new(self.inner.shared.state.get(), nodes.collect())
     }
 
     /// Whether every node is connected (and resubscribed).
     pub fn is_connected(&self) -> bool {
-        *self.inner.shared.state.borrow() == BackplaneState::Connected
+        self.inner.shared.state.get() == BackplaneState::Connected
     }
 
-    /// A receiver of the aggregated state; `changed()` resolves on every transition.
-    pub fn state_changes(&self) -> watch::Receiver<BackplaneState> {
+    /// Follows the aggregated state: [`StateChanges::changed`] resolves on every
+    /// transition.
+    pub fn state_changes(&self) -> StateChanges {
         self.inner.shared.state.subscribe()
     }
 

@@ -108,7 +108,7 @@ pub use broker::RedisBroker;
 pub use error::Error;
 pub use options::{RedisBrokerOptions, Topology};
 pub use socketcluster_backplane::{
-    BackplaneState, Health, InstanceId, LinkOptions, NodeHealth, Stats, metric_names,
+    BackplaneState, Health, InstanceId, LinkOptions, NodeHealth, StateChanges, Stats, metric_names,
 };
 
 /// The `backend` label of this crate's metrics.

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sc_test_support::backplane::{RedisServer, WAIT, redis_command, wait_state};
-use sc_test_support::backplane_suite::{Probe, WsClient, scenarios, start_server};
+use sc_test_support::backplane::{RedisServer, WAIT, redis_command};
+use sc_test_support::backplane_suite::{Probe, WsClient, scenarios, start_server, wait_state};
 use sc_test_support::free_port;
 use serde_json::json;
 use socketcluster_broker_redis::{

@@ -10,15 +10,17 @@
 //!
 //! * [`start_server`]: a `Server` on a free port with a given broker;
 //! * [`WsClient`]: a minimal SocketCluster client over a raw WebSocket (protocol v2);
+//! * [`wait_state`]: wait (bounded) for a broker's `StateChanges` to reach a state;
 //! * [`scenarios`]: the multi-instance tests both brokers must pass, given a [`Probe`]
 //!   reading the broker's status.
 #![allow(clippy::missing_panics_doc)]
 
 use std::sync::Arc;
 
-use socketcluster_backplane::{BackplaneState, Health, Stats};
+use socketcluster_backplane::{BackplaneState, Health, StateChanges, Stats};
 use socketcluster_server::{Server, ServerConfig};
-use tokio::sync::watch;
+
+use crate::backplane::WAIT;
 
 pub mod scenarios;
 mod ws_client;
@@ -35,7 +37,7 @@ pub struct Probe<B> {
     /// `B::health`.
     pub health: fn(&B) -> Health,
     /// `B::state_changes`.
-    pub state_changes: fn(&B) -> watch::Receiver<BackplaneState>,
+    pub state_changes: fn(&B) -> StateChanges,
 }
 
 /// A server bound on 127.0.0.1, port 0, with the given broker.
@@ -44,4 +46,16 @@ pub async fn start_server(broker: Arc<dyn socketcluster_server::broker::Broker>)
     let server = Server::with_broker(config, broker).expect("server");
     server.listen().await.expect("listen");
     server
+}
+
+/// Wait until the broker's state is `want` (no fixed sleeps); panics after [`WAIT`].
+pub async fn wait_state(changes: &mut StateChanges, want: BackplaneState) {
+    match tokio::time::timeout(WAIT, changes.wait_for(want)).await {
+        Ok(true) => {}
+        Ok(false) => panic!("state channel closed while waiting for {want:?}"),
+        Err(_) => panic!(
+            "timed out waiting for state {want:?} (now {:?})",
+            changes.current()
+        ),
+    }
 }

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use socketcluster_backplane::BackplaneState;
 use socketcluster_server::Server;
 
-use super::{Probe, WsClient};
-use crate::backplane::{BackplaneServer, WAIT, wait_state};
+use super::{Probe, WsClient, wait_state};
+use crate::backplane::{BackplaneServer, WAIT};
 
 /// Three instances, two subscribers each and an exchange subscriber; three publishers
 /// publish concurrently: every subscriber receives every publication exactly once,
