@@ -84,9 +84,8 @@ impl RedisBrokerOptions {
     }
 
     /// Set [`LinkOptions::connect_timeout`] (default 5 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.link = self.link.connect_timeout(timeout);
-        self
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        self.with_link(|link| link.connect_timeout(timeout))
     }
 
     /// Set [`RedisBrokerOptions::response_timeout`].
@@ -97,26 +96,29 @@ impl RedisBrokerOptions {
 
     /// Set [`LinkOptions::reconnect_min_delay`] and [`LinkOptions::reconnect_max_delay`]
     /// (defaults 100 ms and 5 s).
-    pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
-        self.link = self.link.reconnect_delay(min, max);
-        self
+    pub fn reconnect_delay(self, min: Duration, max: Duration) -> Self {
+        self.with_link(|link| link.reconnect_delay(min, max))
     }
 
     /// Set [`LinkOptions::ping_interval`] (default 5 s).
-    pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.link = self.link.ping_interval(interval);
-        self
+    pub fn ping_interval(self, interval: Duration) -> Self {
+        self.with_link(|link| link.ping_interval(interval))
     }
 
     /// Set [`LinkOptions::publish_queue_capacity`] (at least 1; default 10 000).
-    pub fn publish_queue_capacity(mut self, capacity: usize) -> Self {
-        self.link = self.link.publish_queue_capacity(capacity);
-        self
+    pub fn publish_queue_capacity(self, capacity: usize) -> Self {
+        self.with_link(|link| link.publish_queue_capacity(capacity))
     }
 
     /// Set [`RedisBrokerOptions::max_pipeline`] (at least 1).
     pub fn max_pipeline(mut self, max: usize) -> Self {
         self.max_pipeline = max.max(1);
+        self
+    }
+
+    /// Apply a [`LinkOptions`] setter to [`Self::link`].
+    fn with_link(mut self, set: impl FnOnce(LinkOptions) -> LinkOptions) -> Self {
+        self.link = set(self.link);
         self
     }
 
