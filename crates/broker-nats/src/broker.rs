@@ -11,7 +11,8 @@ use socketcluster_server::broker::{Broker, BrokerError, BrokerFuture, Delivery};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use crate::connection::{Confirmer, ConnectionTask, Control, Publish, unavailable};
+use crate::command::{Control, Publish};
+use crate::connection::{Confirmer, ConnectionTask, unavailable};
 use socketcluster_backplane::{
     BackplaneState, Counters, Health, InstanceId, NodeHealth, StateChanges, StateSender, Stats,
     envelope,

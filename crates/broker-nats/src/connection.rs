@@ -11,34 +11,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use socketcluster_backplane::request::Done;
 use socketcluster_server::broker::BrokerError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use crate::command::{Control, Publish};
 use crate::options::NatsBrokerOptions;
 use crate::shared::Shared;
 use crate::subject::channel_subject;
-
-/// Ordered control commands.
-pub(crate) enum Control {
-    Subscribe(String, Done),
-    Unsubscribe(String, Done),
-    /// A confirmation round trip (after a reconnect).
-    Confirm(Done),
-}
-
-/// A publication waiting to be written.
-pub(crate) struct Publish {
-    pub(crate) subject: String,
-    pub(crate) payload: Bytes,
-    pub(crate) queued: Instant,
-    pub(crate) done: Done,
-}
 
 /// Round trips through a private inbox.
 pub(crate) struct Confirmer {

@@ -78,6 +78,7 @@
 #![forbid(unsafe_code)]
 
 mod broker;
+mod command;
 mod connection;
 mod error;
 mod options;

@@ -8,7 +8,7 @@ use async_nats::Event;
 use socketcluster_server::broker::Delivery;
 use tokio::sync::{mpsc, watch};
 
-use crate::connection::Control;
+use crate::command::Control;
 use socketcluster_backplane::{
     BackplaneState, Counters, InstanceId, LastError, StateSender, inbound, request,
 };

@@ -9,7 +9,8 @@ use socketcluster_server::broker::{Broker, BrokerError, BrokerFuture, Delivery};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use crate::connection::{ConnectionTask, Control, Publish, unavailable};
+use crate::command::{Control, Publish};
+use crate::connection::{ConnectionTask, unavailable};
 use socketcluster_backplane::{
     BackplaneState, Counters, Health, InstanceId, NodeHealth, StateChanges, StateSender, Stats,
     envelope,

@@ -10,32 +10,16 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socketcluster_server::broker::BrokerError;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::command::{Control, Publish};
 use crate::link::{Connector, Link, Signals, is_connection_error};
 use crate::options::RedisBrokerOptions;
 use crate::shared::{NodeStatus, Shared};
 use socketcluster_backplane::jitter;
-use socketcluster_backplane::request::Done;
-
-/// A publication waiting for the link.
-pub(crate) struct Publish {
-    /// The Redis channel name (prefix included).
-    pub(crate) channel: String,
-    /// The envelope.
-    pub(crate) payload: Vec<u8>,
-    pub(crate) queued: Instant,
-    pub(crate) done: Done,
-}
-
-/// Subscribe or unsubscribe a Redis channel.
-pub(crate) enum Control {
-    Subscribe(String, Done),
-    Unsubscribe(String, Done),
-}
 
 enum Exit {
     Shutdown,

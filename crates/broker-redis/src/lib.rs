@@ -97,6 +97,7 @@
 #![forbid(unsafe_code)]
 
 mod broker;
+mod command;
 mod connection;
 mod error;
 mod hashing;
