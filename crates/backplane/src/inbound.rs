@@ -10,19 +10,11 @@ use crate::metrics::Counters;
 
 /// A received publication that passed [`accept`]: its channel and its data (validated raw
 /// JSON, the bytes as the publisher sent them; `None` for a publish without data).
-pub type Accepted<'a> = (&'a str, Option<Box<RawValue>>);
+pub(crate) type Accepted<'a> = (&'a str, Option<Box<RawValue>>);
 
-/// Decode and check a message received from the backplane.
-///
-/// Returns `None` (and counts it) for a message that must not be delivered:
-/// * not an envelope, or invalid data: counted with [`Counters::invalid_message`];
-/// * this broker's own publication (`own`) echoed back: [`Counters::echo_skipped`] (the
-///   local subscribers got it at publish time);
-/// * `expected_channel(channel)` is false — the envelope names another channel than the
-///   one it arrived on: [`Counters::invalid_message`], logged with `mismatch`.
-///
-/// [`deliver`] delivers what passes, and counts it.
-pub fn accept<'a>(
+/// Decode and check a message received from the backplane: `None` (counted) for a
+/// message that must not be delivered (see [`deliver`], which delivers what passes).
+pub(crate) fn accept<'a>(
     payload: &'a [u8],
     own: InstanceId,
     counters: &Counters,
@@ -57,10 +49,17 @@ pub fn accept<'a>(
     }
 }
 
-/// A message arrived from the backplane: [`accept`] it, then deliver it to the local
+/// A message arrived from the backplane: check it, then deliver it to the local
 /// subscribers through `delivery` (`None` while the broker is not attached to a server:
 /// the message is dropped) and count it with [`Counters::received`]. Runs on the
 /// connection's reader: does not block (`Delivery::deliver` only enqueues).
+///
+/// A message that must not be delivered is dropped and counted:
+/// * not an envelope, or invalid data: [`Counters::invalid_message`];
+/// * this broker's own publication (`own`) echoed back: [`Counters::echo_skipped`] (the
+///   local subscribers got it at publish time);
+/// * `expected_channel(channel)` is false — the envelope names another channel than the
+///   one it arrived on: [`Counters::invalid_message`], logged with `mismatch`.
 pub fn deliver(
     payload: &[u8],
     own: InstanceId,

@@ -6,16 +6,21 @@
 //!   the publishing broker's [`InstanceId`]; [`inbound::deliver`]: the checks made on a
 //!   received message (foreign data, own echoes, wrong channel) and its local delivery;
 //! * [`Health`], [`NodeHealth`], [`BackplaneState`] (for `/health`) and [`Stats`];
+//!   [`StateChanges`] to follow the state ([`StateSender`] is the broker's side);
 //! * [`metric_names`] and [`Counters`]: the metrics reported through the `metrics`
 //!   facade, labelled `backend="redis"` or `backend="nats"`;
-//! * [`backoff`](fn@backoff) and [`jitter`]: reconnect delays.
+//! * [`backoff`](fn@backoff) and [`jitter`]: reconnect delays;
+//! * [`LinkOptions`]: the connection, reconnect and queue settings of both brokers;
+//! * [`request`]: the round trip of a command (subscribe, publish ...) between a broker
+//!   handle and its connection task.
 //!
 //! The broker crates re-export the public types (`BackplaneState`, `Health`,
-//! `NodeHealth`, `Stats`, `InstanceId`, `metric_names`); applications use them from
+//! `NodeHealth`, `Stats`, `InstanceId`, `metric_names`, `LinkOptions`,
+//! `StateChanges`); applications use them from
 //! there.
 //!
-//! With the `testing` feature (only enabled by the broker crates' dev-dependencies), the
-//! `testing` module holds the harness and scenarios shared by their integration tests.
+//! The harness and scenarios shared by the brokers' integration tests are in the
+//! unpublished `sc-test-support` crate (`backplane_suite`, feature `backplane-suite`).
 #![forbid(unsafe_code)]
 
 mod backoff;
@@ -23,10 +28,13 @@ pub mod envelope;
 mod health;
 pub mod inbound;
 mod metrics;
-#[cfg(feature = "testing")]
-pub mod testing;
+mod options;
+pub mod request;
+mod state;
 
 pub use backoff::{backoff, jitter};
 pub use envelope::InstanceId;
 pub use health::{BackplaneState, Health, LastError, NodeHealth, Stats};
 pub use metrics::{Counters, metric_names};
+pub use options::LinkOptions;
+pub use state::{StateChanges, StateSender};

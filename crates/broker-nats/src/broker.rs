@@ -8,12 +8,15 @@ use async_nats::ServerAddr;
 use bytes::Bytes;
 use socketcluster_server::Publication;
 use socketcluster_server::broker::{Broker, BrokerError, BrokerFuture, Delivery};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use crate::connection::{Confirmer, ConnectionTask, Control, Publish, unavailable};
+use crate::command::{Control, Publish};
+use crate::connection::{Confirmer, ConnectionTask, unavailable};
 use socketcluster_backplane::{
-    BackplaneState, Counters, Health, InstanceId, NodeHealth, Stats, envelope,
+    BackplaneState, Counters, Health, InstanceId, NodeHealth, StateChanges, StateSender, Stats,
+    envelope,
+    request::{self, Done},
 };
 
 use crate::error::Error;
@@ -107,7 +110,7 @@ impl NatsBroker {
             url: url.to_owned(),
             source: e,
         };
-        let (state, _) = watch::channel(BackplaneState::Disconnected);
+        let state = StateSender::new(BackplaneState::Disconnected);
         let (link, _) = watch::channel(true);
         let shared = Arc::new(Shared {
             instance: InstanceId::random(),
@@ -129,8 +132,8 @@ impl NatsBroker {
         let delays = options.clone();
         let client = async_nats::ConnectOptions::new()
             .name(options.client_name.clone())
-            .connection_timeout(options.connect_timeout)
-            .ping_interval(options.ping_interval)
+            .connection_timeout(options.link.connect_timeout)
+            .ping_interval(options.link.ping_interval)
             .max_reconnects(None)
             .reconnect_delay_callback(move |attempt| delays.reconnect_delay_for(attempt))
             .event_callback(move |event| {
@@ -144,12 +147,12 @@ impl NatsBroker {
             .await
             .map_err(|e| connect_error(e.into()))?;
         confirmer
-            .confirm(&client, &shared, options.connect_timeout)
+            .confirm(&client, &shared, options.link.connect_timeout)
             .await
             .map_err(|e| connect_error(e.into()))?;
         shared.mark_connected();
 
-        let (publish_tx, publish_rx) = mpsc::channel(options.publish_queue_capacity);
+        let (publish_tx, publish_rx) = mpsc::channel(options.link.publish_queue_capacity);
         let task = ConnectionTask {
             client,
             shared: shared.clone(),
@@ -190,7 +193,7 @@ impl NatsBroker {
             s.channels.load(Ordering::Relaxed),
             || s.last_error.get(),
         );
-        Health::new(*s.state.borrow(), vec![node])
+        Health::new(s.state.get(), vec![node])
     }
 
     /// Whether the backplane is connected (and every subscription confirmed).
@@ -198,8 +201,8 @@ impl NatsBroker {
         self.inner.shared.is_connected()
     }
 
-    /// A receiver of the state; `changed()` resolves on every transition.
-    pub fn state_changes(&self) -> watch::Receiver<BackplaneState> {
+    /// Follows the state: [`StateChanges::changed`] resolves on every transition.
+    pub fn state_changes(&self) -> StateChanges {
         self.inner.shared.state.subscribe()
     }
 
@@ -208,15 +211,9 @@ impl NatsBroker {
         self.inner.shared.counters.snapshot()
     }
 
-    fn control(&self, make: impl FnOnce(crate::connection::Done) -> Control) -> BrokerFuture {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.inner.control.send(make(tx)).is_ok();
-        Box::pin(async move {
-            if !sent {
-                return Err(BrokerError("NATS broker stopped".to_owned()));
-            }
-            rx.await
-                .unwrap_or_else(|_| Err(BrokerError("NATS broker stopped".to_owned())))
+    fn control(&self, make: impl FnOnce(Done) -> Control) -> BrokerFuture {
+        request::send(crate::STOPPED, |done| {
+            let _ = self.inner.control.send(make(done));
         })
     }
 }
@@ -228,10 +225,6 @@ impl std::fmt::Debug for NatsBroker {
             .field("server", &self.inner.shared.address)
             .finish()
     }
-}
-
-fn fail(e: BrokerError) -> BrokerFuture {
-    Box::pin(std::future::ready(Err(e)))
 }
 
 impl Broker for NatsBroker {
@@ -262,35 +255,32 @@ impl Broker for NatsBroker {
         }
         if !shared.is_connected() {
             shared.counters.publish_failed();
-            return fail(unavailable(shared));
+            return request::failed(unavailable(shared));
         }
         let payload = envelope::encode(
             shared.instance,
             publication.channel(),
             publication.raw_data(),
         );
-        let (tx, rx) = oneshot::channel();
+        let (done, answer) = request::pair(crate::STOPPED);
         let item = Publish {
             subject: channel_subject(&shared.prefix, publication.channel()),
             payload: Bytes::from(payload),
             queued: Instant::now(),
-            done: tx,
+            done,
         };
         match self.inner.publish.try_send(item) {
-            Ok(()) => Box::pin(async move {
-                rx.await
-                    .unwrap_or_else(|_| Err(BrokerError("NATS broker stopped".to_owned())))
-            }),
+            Ok(()) => Box::pin(answer),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 shared.counters.publish_failed();
-                fail(BrokerError(format!(
+                request::failed(BrokerError(format!(
                     "NATS backplane publish queue is full ({} publications waiting)",
                     self.inner.publish.max_capacity()
                 )))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 shared.counters.publish_failed();
-                fail(BrokerError("NATS broker stopped".to_owned()))
+                request::failed(BrokerError(crate::STOPPED.to_owned()))
             }
         }
     }

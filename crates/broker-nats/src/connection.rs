@@ -11,36 +11,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use socketcluster_server::broker::BrokerError;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use crate::command::{Control, Publish};
 use crate::options::NatsBrokerOptions;
 use crate::shared::Shared;
 use crate::subject::channel_subject;
-
-/// Completion of a command.
-pub(crate) type Done = oneshot::Sender<Result<(), BrokerError>>;
-
-/// Ordered control commands.
-pub(crate) enum Control {
-    Subscribe(String, Done),
-    Unsubscribe(String, Done),
-    /// A confirmation round trip (after a reconnect).
-    Confirm(Done),
-}
-
-/// A publication waiting to be written.
-pub(crate) struct Publish {
-    pub(crate) subject: String,
-    pub(crate) payload: Bytes,
-    pub(crate) queued: Instant,
-    pub(crate) done: Done,
-}
 
 /// Round trips through a private inbox.
 pub(crate) struct Confirmer {
@@ -162,18 +143,18 @@ impl ConnectionTask {
         match control {
             Control::Confirm(done) => {
                 let r = self.confirm().await.map_err(BrokerError);
-                let _ = done.send(r);
+                done.send(r);
             }
             Control::Subscribe(channel, done) => {
                 if self.subs.contains_key(&channel) {
-                    let _ = done.send(Ok(()));
+                    done.send(Ok(()));
                     return;
                 }
                 let subject = channel_subject(&self.shared.prefix, &channel);
                 let mut sub = match self.client.subscribe(subject).await {
                     Ok(s) => s,
                     Err(e) => {
-                        let _ = done.send(Err(BrokerError(format!("NATS subscribe failed: {e}"))));
+                        done.send(Err(BrokerError(format!("NATS subscribe failed: {e}"))));
                         return;
                     }
                 };
@@ -195,7 +176,7 @@ impl ConnectionTask {
                 {
                     tracing::debug!(error = %e, "NATS subscription not confirmed; it is re-sent on reconnect");
                 }
-                let _ = done.send(Ok(()));
+                done.send(Ok(()));
             }
             Control::Unsubscribe(channel, done) => {
                 if let Some(reader) = self.subs.remove(&channel) {
@@ -204,7 +185,7 @@ impl ConnectionTask {
                     self.shared.channels.fetch_sub(1, Ordering::Relaxed);
                     self.shared.counters.channels_removed(1);
                 }
-                let _ = done.send(Ok(()));
+                done.send(Ok(()));
             }
         }
     }
@@ -233,13 +214,13 @@ impl ConnectionTask {
             Ok(()) => {
                 for p in batch {
                     self.shared.counters.published(p.queued.elapsed());
-                    let _ = p.done.send(Ok(()));
+                    p.done.send(Ok(()));
                 }
             }
             Err(e) => {
                 for p in batch {
                     self.shared.counters.publish_failed();
-                    let _ = p.done.send(Err(BrokerError(e.clone())));
+                    p.done.send(Err(BrokerError(e.clone())));
                 }
             }
         }

@@ -78,6 +78,7 @@
 #![forbid(unsafe_code)]
 
 mod broker;
+mod command;
 mod connection;
 mod error;
 mod options;
@@ -88,9 +89,12 @@ pub use broker::NatsBroker;
 pub use error::Error;
 pub use options::NatsBrokerOptions;
 pub use socketcluster_backplane::{
-    BackplaneState, Health, InstanceId, NodeHealth, Stats, metric_names,
+    BackplaneState, Health, InstanceId, LinkOptions, NodeHealth, StateChanges, Stats, metric_names,
 };
 pub use subject::{MAX_INLINE_CHANNEL_LEN, channel_subject};
 
 /// The `backend` label of this crate's metrics.
 const BACKEND: &str = "nats";
+
+/// The error of a command or publication when the broker's connection task is gone.
+const STOPPED: &str = "NATS broker stopped";

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-/// Options of a [`crate::NatsBroker`]. Every field has a setter.
+use socketcluster_backplane::LinkOptions;
+
+/// Options of a [`crate::NatsBroker`]. Every field has a setter (those of
+/// [`NatsBrokerOptions::link`] too).
 ///
 /// ```
 /// use std::time::Duration;
@@ -19,40 +22,31 @@ pub struct NatsBrokerOptions {
     /// First tokens of every subject (see [`crate::channel_subject`]). Default `"sc"`.
     /// All instances of one application must use the same prefix.
     pub subject_prefix: String,
-    /// Timeout of the initial connection. Default 5 s.
-    pub connect_timeout: Duration,
     /// How long a publication (or subscription) may wait for the server's confirmation
     /// before it fails. Default 5 s.
     pub publish_timeout: Duration,
-    /// First reconnect delay; doubled per failed attempt with ±25 % jitter. Default 100 ms.
-    pub reconnect_min_delay: Duration,
-    /// Upper bound of the reconnect delay. Default 5 s.
-    pub reconnect_max_delay: Duration,
-    /// Client PING interval (detects a silently dead server). Default 5 s.
-    pub ping_interval: Duration,
-    /// Publications waiting to be written. When full, `publish` fails at once. Default
-    /// 10 000.
-    pub publish_queue_capacity: usize,
     /// At most this many queued publications share one confirmation round trip. Default
     /// 512.
     pub max_batch: usize,
     /// Connection name shown by the NATS server (`connz`). Default
     /// `"socketcluster-broker"`.
     pub client_name: String,
+    /// The settings shared with the Redis broker, each documented with its default in
+    /// [`LinkOptions`]: `connect_timeout` (5 s; each connection attempt),
+    /// `reconnect_min_delay` (100 ms), `reconnect_max_delay` (5 s), `ping_interval` (5 s;
+    /// the client `PING` interval) and `publish_queue_capacity` (10 000 publications
+    /// waiting to be written).
+    pub link: LinkOptions,
 }
 
 impl Default for NatsBrokerOptions {
     fn default() -> Self {
         NatsBrokerOptions {
             subject_prefix: "sc".to_owned(),
-            connect_timeout: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(5),
-            reconnect_min_delay: Duration::from_millis(100),
-            reconnect_max_delay: Duration::from_secs(5),
-            ping_interval: Duration::from_secs(5),
-            publish_queue_capacity: 10_000,
             max_batch: 512,
             client_name: "socketcluster-broker".to_owned(),
+            link: LinkOptions::default(),
         }
     }
 }
@@ -64,10 +58,9 @@ impl NatsBrokerOptions {
         self
     }
 
-    /// Set [`NatsBrokerOptions::connect_timeout`].
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
+    /// Set [`LinkOptions::connect_timeout`] (default 5 s).
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        self.with_link(|link| link.connect_timeout(timeout))
     }
 
     /// Set [`NatsBrokerOptions::publish_timeout`].
@@ -76,24 +69,20 @@ impl NatsBrokerOptions {
         self
     }
 
-    /// Set [`NatsBrokerOptions::reconnect_min_delay`] and
-    /// [`NatsBrokerOptions::reconnect_max_delay`].
-    pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
-        self.reconnect_min_delay = min;
-        self.reconnect_max_delay = max.max(min);
-        self
+    /// Set [`LinkOptions::reconnect_min_delay`] and [`LinkOptions::reconnect_max_delay`]
+    /// (defaults 100 ms and 5 s).
+    pub fn reconnect_delay(self, min: Duration, max: Duration) -> Self {
+        self.with_link(|link| link.reconnect_delay(min, max))
     }
 
-    /// Set [`NatsBrokerOptions::ping_interval`].
-    pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.ping_interval = interval;
-        self
+    /// Set [`LinkOptions::ping_interval`] (default 5 s).
+    pub fn ping_interval(self, interval: Duration) -> Self {
+        self.with_link(|link| link.ping_interval(interval))
     }
 
-    /// Set [`NatsBrokerOptions::publish_queue_capacity`] (at least 1).
-    pub fn publish_queue_capacity(mut self, capacity: usize) -> Self {
-        self.publish_queue_capacity = capacity.max(1);
-        self
+    /// Set [`LinkOptions::publish_queue_capacity`] (at least 1; default 10 000).
+    pub fn publish_queue_capacity(self, capacity: usize) -> Self {
+        self.with_link(|link| link.publish_queue_capacity(capacity))
     }
 
     /// Set [`NatsBrokerOptions::max_batch`] (at least 1).
@@ -108,14 +97,16 @@ impl NatsBrokerOptions {
         self
     }
 
+    /// Apply a [`LinkOptions`] setter to [`Self::link`].
+    fn with_link(mut self, set: impl FnOnce(LinkOptions) -> LinkOptions) -> Self {
+        self.link = set(self.link);
+        self
+    }
+
     /// Delay before reconnect attempt `attempt` (1-based, as async-nats counts), jittered.
     pub(crate) fn reconnect_delay_for(&self, attempt: usize) -> Duration {
         let exp = u32::try_from(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
-        socketcluster_backplane::jitter(socketcluster_backplane::backoff(
-            self.reconnect_min_delay,
-            self.reconnect_max_delay,
-            exp,
-        ))
+        socketcluster_backplane::jitter(self.link.backoff(exp))
     }
 }
 

@@ -6,10 +6,12 @@ use std::sync::{Arc, OnceLock};
 
 use async_nats::Event;
 use socketcluster_server::broker::Delivery;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
-use crate::connection::Control;
-use socketcluster_backplane::{BackplaneState, Counters, InstanceId, LastError, inbound};
+use crate::command::Control;
+use socketcluster_backplane::{
+    BackplaneState, Counters, InstanceId, LastError, StateSender, inbound, request,
+};
 
 pub(crate) struct Shared {
     pub(crate) instance: InstanceId,
@@ -18,7 +20,7 @@ pub(crate) struct Shared {
     pub(crate) delivery: OnceLock<Delivery>,
     pub(crate) counters: Counters,
     /// Public state: `Connected` only once every subscription is confirmed.
-    pub(crate) state: watch::Sender<BackplaneState>,
+    pub(crate) state: StateSender,
     /// Raw connectivity, as reported by async-nats events.
     pub(crate) link: watch::Sender<bool>,
     /// A connection was lost since the last `Connected` (the next one is a reconnect).
@@ -29,7 +31,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn is_connected(&self) -> bool {
-        *self.state.borrow() == BackplaneState::Connected
+        self.state.get() == BackplaneState::Connected
     }
 
     /// A message arrived on the subject of `channel`.
@@ -46,7 +48,7 @@ impl Shared {
 
     /// Connected and every subscription confirmed.
     pub(crate) fn mark_connected(&self) {
-        self.state.send_if_modified(|s| {
+        self.state.update(|s| {
             if *s == BackplaneState::Connected {
                 return false;
             }
@@ -70,7 +72,7 @@ impl Shared {
         self.link.send_replace(false);
         self.was_lost.store(true, Ordering::Release);
         self.last_error.set(Some(reason.to_owned()));
-        self.state.send_if_modified(|s| {
+        self.state.update(|s| {
             if *s == BackplaneState::Disconnected {
                 return false;
             }
@@ -105,18 +107,18 @@ impl EventHandler {
                 let Some(control) = self.control.upgrade() else {
                     return;
                 };
-                let (tx, rx) = oneshot::channel();
-                if control.send(Control::Confirm(tx)).is_err() {
+                let (done, answer) = request::pair(crate::STOPPED);
+                if control.send(Control::Confirm(done)).is_err() {
                     return;
                 }
                 let shared = self.shared.clone();
                 tokio::spawn(async move {
-                    match rx.await {
-                        Ok(Ok(())) => shared.mark_connected(),
-                        Ok(Err(e)) => {
+                    match answer.reply().await {
+                        Some(Ok(())) => shared.mark_connected(),
+                        Some(Err(e)) => {
                             tracing::debug!(error = %e, "NATS reconnect confirmation failed")
                         }
-                        Err(_) => {}
+                        None => {}
                     }
                 });
             }

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sc_test_support::backplane::{NatsServer, WAIT};
+use sc_test_support::backplane_suite::{Probe, WsClient, scenarios, start_server};
 use sc_test_support::free_port;
 use serde_json::json;
-use socketcluster_backplane::testing::{Probe, WsClient, scenarios, start_server};
 use socketcluster_broker_nats::{Error, NatsBroker, NatsBrokerOptions};
 use socketcluster_server::Server;
 

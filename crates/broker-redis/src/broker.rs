@@ -6,12 +6,15 @@ use std::time::Instant;
 use redis::{ConnectionAddr, IntoConnectionInfo};
 use socketcluster_server::Publication;
 use socketcluster_server::broker::{Broker, BrokerError, BrokerFuture, Delivery};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use crate::connection::{ConnectionTask, Control, Publish, unavailable};
+use crate::command::{Control, Publish};
+use crate::connection::{ConnectionTask, unavailable};
 use socketcluster_backplane::{
-    BackplaneState, Counters, Health, InstanceId, NodeHealth, Stats, envelope,
+    BackplaneState, Counters, Health, InstanceId, NodeHealth, StateChanges, StateSender, Stats,
+    envelope,
+    request::{self, Done},
 };
 
 use crate::error::Error;
@@ -142,7 +145,7 @@ fn connect_error(url: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync
 async fn is_cluster_node(ep: &Endpoint, options: &RedisBrokerOptions) -> Result<bool, Error> {
     let client = redis::Client::open(ep.info.clone()).map_err(|e| connect_error(&ep.url, e))?;
     let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(options.connect_timeout))
+        .set_connection_timeout(Some(options.link.connect_timeout))
         .set_response_timeout(Some(options.response_timeout));
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
@@ -201,7 +204,7 @@ impl RedisBroker {
                     .join(",");
                 let connector = ClusterConnector {
                     seeds: endpoints.into_iter().map(|e| e.info).collect(),
-                    connect_timeout: options.connect_timeout,
+                    connect_timeout: options.link.connect_timeout,
                     response_timeout: options.response_timeout,
                 };
                 Self::start(
@@ -221,7 +224,7 @@ impl RedisBroker {
                         ep.key,
                         NodeConnector {
                             client,
-                            connect_timeout: options.connect_timeout,
+                            connect_timeout: options.link.connect_timeout,
                             response_timeout: options.response_timeout,
                         },
                     ));
@@ -240,7 +243,7 @@ impl RedisBroker {
             .iter()
             .map(|(_, key, _)| Arc::new(NodeStatus::new(key.clone())))
             .collect();
-        let (state, _) = watch::channel(BackplaneState::Disconnected);
+        let state = StateSender::new(BackplaneState::Disconnected);
         let shared = Arc::new(Shared {
             instance: InstanceId::random(),
             prefix: options.channel_prefix.clone(),
@@ -253,7 +256,7 @@ impl RedisBroker {
         let mut firsts = Vec::new();
         for ((url, key, connector), status) in connectors.into_iter().zip(statuses) {
             let (control_tx, control_rx) = mpsc::unbounded_channel();
-            let (publish_tx, publish_rx) = mpsc::channel(options.publish_queue_capacity);
+            let (publish_tx, publish_rx) = mpsc::channel(options.link.publish_queue_capacity);
             let (first_tx, first_rx) = oneshot::channel();
             let task = ConnectionTask {
                 connector,
@@ -325,16 +328,17 @@ impl RedisBroker {
                 || n.status.last_error.get(),
             )
         });
-        Health::new(*self.inner.shared.state.borrow(), nodes.collect())
+        Health::new(self.inner.shared.state.get(), nodes.collect())
     }
 
     /// Whether every node is connected (and resubscribed).
     pub fn is_connected(&self) -> bool {
-        *self.inner.shared.state.borrow() == BackplaneState::Connected
+        self.inner.shared.state.get() == BackplaneState::Connected
     }
 
-    /// A receiver of the aggregated state; `changed()` resolves on every transition.
-    pub fn state_changes(&self) -> watch::Receiver<BackplaneState> {
+    /// Follows the aggregated state: [`StateChanges::changed`] resolves on every
+    /// transition.
+    pub fn state_changes(&self) -> StateChanges {
         self.inner.shared.state.subscribe()
     }
 
@@ -347,22 +351,11 @@ impl RedisBroker {
         &self.inner.nodes[hashing::pick(&self.inner.keys, channel)]
     }
 
-    fn control(
-        &self,
-        channel: &str,
-        make: fn(String, crate::connection::Done) -> Control,
-    ) -> BrokerFuture {
+    fn control(&self, channel: &str, make: fn(String, Done) -> Control) -> BrokerFuture {
         let node = self.node(channel);
-        let (tx, rx) = oneshot::channel();
-        let sent = node
-            .control
-            .send(make(self.inner.shared.redis_channel(channel), tx));
-        Box::pin(async move {
-            if sent.is_err() {
-                return Err(BrokerError("redis broker stopped".to_owned()));
-            }
-            rx.await
-                .unwrap_or_else(|_| Err(BrokerError("redis broker stopped".to_owned())))
+        let redis_channel = self.inner.shared.redis_channel(channel);
+        request::send(crate::STOPPED, |done| {
+            let _ = node.control.send(make(redis_channel, done));
         })
     }
 }
@@ -375,10 +368,6 @@ impl std::fmt::Debug for RedisBroker {
             .field("nodes", &self.inner.keys)
             .finish()
     }
-}
-
-fn fail(message: String) -> BrokerFuture {
-    Box::pin(std::future::ready(Err(BrokerError(message))))
 }
 
 impl Broker for RedisBroker {
@@ -408,36 +397,33 @@ impl Broker for RedisBroker {
         let node = self.node(publication.channel());
         if !node.status.is_connected() {
             shared.counters.publish_failed();
-            return Box::pin(std::future::ready(Err(unavailable(&node.status))));
+            return request::failed(unavailable(&node.status));
         }
         let payload = envelope::encode(
             shared.instance,
             publication.channel(),
             publication.raw_data(),
         );
-        let (tx, rx) = oneshot::channel();
+        let (done, answer) = request::pair(crate::STOPPED);
         let item = Publish {
             channel: shared.redis_channel(publication.channel()),
             payload,
             queued: Instant::now(),
-            done: tx,
+            done,
         };
         match node.publish.try_send(item) {
-            Ok(()) => Box::pin(async move {
-                rx.await
-                    .unwrap_or_else(|_| Err(BrokerError("redis broker stopped".to_owned())))
-            }),
+            Ok(()) => Box::pin(answer),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 shared.counters.publish_failed();
-                fail(format!(
+                request::failed(BrokerError(format!(
                     "redis backplane {} publish queue is full ({} publications waiting)",
                     node.key,
                     node.publish.max_capacity()
-                ))
+                )))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 shared.counters.publish_failed();
-                fail("redis broker stopped".to_owned())
+                request::failed(BrokerError(crate::STOPPED.to_owned()))
             }
         }
     }

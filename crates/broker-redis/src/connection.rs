@@ -10,34 +10,16 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socketcluster_server::broker::BrokerError;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::command::{Control, Publish};
 use crate::link::{Connector, Link, Signals, is_connection_error};
 use crate::options::RedisBrokerOptions;
 use crate::shared::{NodeStatus, Shared};
 use socketcluster_backplane::jitter;
-
-/// Completion of a command.
-pub(crate) type Done = oneshot::Sender<Result<(), BrokerError>>;
-
-/// A publication waiting for the link.
-pub(crate) struct Publish {
-    /// The Redis channel name (prefix included).
-    pub(crate) channel: String,
-    /// The envelope.
-    pub(crate) payload: Vec<u8>,
-    pub(crate) queued: Instant,
-    pub(crate) done: Done,
-}
-
-/// Subscribe or unsubscribe a Redis channel.
-pub(crate) enum Control {
-    Subscribe(String, Done),
-    Unsubscribe(String, Done),
-}
 
 enum Exit {
     Shutdown,
@@ -155,7 +137,11 @@ impl<C: Connector> ConnectionTask<C> {
     }
 
     async fn serve(&mut self, link: &mut C::Link, signals: &Signals) -> Exit {
-        let period = self.options.ping_interval.max(Duration::from_millis(10));
+        let period = self
+            .options
+            .link
+            .ping_interval
+            .max(Duration::from_millis(10));
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -183,7 +169,7 @@ impl<C: Connector> ConnectionTask<C> {
         match control {
             Control::Subscribe(channel, done) => {
                 if self.wanted.contains(&channel) {
-                    let _ = done.send(Ok(()));
+                    done.send(Ok(()));
                     return Ok(());
                 }
                 match link.subscribe(&[&channel]).await {
@@ -191,23 +177,23 @@ impl<C: Connector> ConnectionTask<C> {
                         self.wanted.insert(channel);
                         self.status.channels.fetch_add(1, Ordering::Relaxed);
                         self.shared.counters.channels_added(1);
-                        let _ = done.send(Ok(()));
+                        done.send(Ok(()));
                         Ok(())
                     }
                     Err(e) if is_connection_error(&e) => {
                         // Subscribed as soon as the link is back.
                         self.wanted.insert(channel);
-                        let _ = done.send(Ok(()));
+                        done.send(Ok(()));
                         Err(e.to_string())
                     }
                     Err(e) => {
-                        let _ = done.send(Err(BrokerError(format!("redis SUBSCRIBE failed: {e}"))));
+                        done.send(Err(BrokerError(format!("redis SUBSCRIBE failed: {e}"))));
                         Ok(())
                     }
                 }
             }
             Control::Unsubscribe(channel, done) => {
-                let _ = done.send(Ok(()));
+                done.send(Ok(()));
                 if !self.wanted.remove(&channel) {
                     return Ok(());
                 }
@@ -237,7 +223,7 @@ impl<C: Connector> ConnectionTask<C> {
             Ok(()) => {
                 for p in batch {
                     self.shared.counters.published(p.queued.elapsed());
-                    let _ = p.done.send(Ok(()));
+                    p.done.send(Ok(()));
                 }
                 Ok(())
             }
@@ -248,7 +234,7 @@ impl<C: Connector> ConnectionTask<C> {
                 );
                 for p in batch {
                     self.shared.counters.publish_failed();
-                    let _ = p.done.send(Err(BrokerError(message.clone())));
+                    p.done.send(Err(BrokerError(message.clone())));
                 }
                 if is_connection_error(&e) {
                     Err(e.to_string())
@@ -271,18 +257,18 @@ impl<C: Connector> ConnectionTask<C> {
                     None => return Err(()),
                     Some(Control::Subscribe(channel, done)) => {
                         self.wanted.insert(channel);
-                        let _ = done.send(Ok(()));
+                        done.send(Ok(()));
                     }
                     Some(Control::Unsubscribe(channel, done)) => {
                         self.wanted.remove(&channel);
-                        let _ = done.send(Ok(()));
+                        done.send(Ok(()));
                     }
                 },
                 p = self.publish.recv() => match p {
                     None => return Err(()),
                     Some(p) => {
                         self.shared.counters.publish_failed();
-                        let _ = p.done.send(Err(unavailable(&self.status)));
+                        p.done.send(Err(unavailable(&self.status)));
                     }
                 },
                 _ = &mut sleep => return Ok(()),

@@ -97,6 +97,7 @@
 #![forbid(unsafe_code)]
 
 mod broker;
+mod command;
 mod connection;
 mod error;
 mod hashing;
@@ -108,8 +109,11 @@ pub use broker::RedisBroker;
 pub use error::Error;
 pub use options::{RedisBrokerOptions, Topology};
 pub use socketcluster_backplane::{
-    BackplaneState, Health, InstanceId, NodeHealth, Stats, metric_names,
+    BackplaneState, Health, InstanceId, LinkOptions, NodeHealth, StateChanges, Stats, metric_names,
 };
 
 /// The `backend` label of this crate's metrics.
 const BACKEND: &str = "redis";
+
+/// The error of a command or publication when the broker's connection task is gone.
+const STOPPED: &str = "redis broker stopped";

@@ -1,6 +1,6 @@
 //! One connection to the backplane ("link"): a single Redis node with classic pub/sub, or
-//! a Redis Cluster with sharded pub/sub. The [`crate::connection`] task owns the link and
-//! does reconnection and resubscription the same way for both.
+//! a Redis Cluster with sharded pub/sub. The connection task (`connection` module) owns
+//! the link and does reconnection and resubscription the same way for both.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,7 +12,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::Notify;
 
-use crate::connection::Publish;
+use crate::command::Publish;
 use crate::shared::Shared;
 
 /// Signals from the connection's reader to the task owning the link.

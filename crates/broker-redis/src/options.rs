@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use socketcluster_backplane::LinkOptions;
+
 /// How the Redis URLs given to [`crate::RedisBroker::connect`] are used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -21,8 +23,8 @@ pub enum Topology {
     Cluster,
 }
 
-/// Options of a [`crate::RedisBroker`]. Every field has a setter; the defaults suit a
-/// production deployment.
+/// Options of a [`crate::RedisBroker`]. Every field has a setter (those of
+/// [`RedisBrokerOptions::link`] too); the defaults suit a production deployment.
 ///
 /// ```
 /// use std::time::Duration;
@@ -43,24 +45,17 @@ pub struct RedisBrokerOptions {
     pub channel_prefix: String,
     /// How the URLs are interpreted. Default [`Topology::Auto`].
     pub topology: Topology,
-    /// Timeout of one TCP connect + handshake. Default 5 s.
-    pub connect_timeout: Duration,
     /// Timeout of one command (publish pipeline, subscribe, ping). A timeout counts as a
     /// lost connection. Default 5 s.
     pub response_timeout: Duration,
-    /// First reconnect delay; doubled after each failed attempt (with ±25 % jitter).
-    /// Default 100 ms.
-    pub reconnect_min_delay: Duration,
-    /// Upper bound of the reconnect delay. Default 5 s.
-    pub reconnect_max_delay: Duration,
-    /// An idle connection is checked with `PING` this often, to notice a silently dead
-    /// peer. Default 5 s.
-    pub ping_interval: Duration,
-    /// Publications waiting to be written to one node. When full, `publish` fails at once
-    /// with an error instead of queueing without bound. Default 10 000.
-    pub publish_queue_capacity: usize,
     /// At most this many queued publications are written in one pipeline. Default 512.
     pub max_pipeline: usize,
+    /// The settings shared with the NATS broker, each documented with its default in
+    /// [`LinkOptions`]: `connect_timeout` (5 s; one TCP connect + handshake),
+    /// `reconnect_min_delay` (100 ms), `reconnect_max_delay` (5 s), `ping_interval` (5 s;
+    /// an idle connection is checked with `PING`) and `publish_queue_capacity` (10 000
+    /// publications waiting to be written to one node).
+    pub link: LinkOptions,
 }
 
 impl Default for RedisBrokerOptions {
@@ -68,13 +63,9 @@ impl Default for RedisBrokerOptions {
         RedisBrokerOptions {
             channel_prefix: "sc:".to_owned(),
             topology: Topology::Auto,
-            connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
-            reconnect_min_delay: Duration::from_millis(100),
-            reconnect_max_delay: Duration::from_secs(5),
-            ping_interval: Duration::from_secs(5),
-            publish_queue_capacity: 10_000,
             max_pipeline: 512,
+            link: LinkOptions::default(),
         }
     }
 }
@@ -92,10 +83,9 @@ impl RedisBrokerOptions {
         self
     }
 
-    /// Set [`RedisBrokerOptions::connect_timeout`].
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
+    /// Set [`LinkOptions::connect_timeout`] (default 5 s).
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        self.with_link(|link| link.connect_timeout(timeout))
     }
 
     /// Set [`RedisBrokerOptions::response_timeout`].
@@ -104,24 +94,20 @@ impl RedisBrokerOptions {
         self
     }
 
-    /// Set [`RedisBrokerOptions::reconnect_min_delay`] and
-    /// [`RedisBrokerOptions::reconnect_max_delay`].
-    pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
-        self.reconnect_min_delay = min;
-        self.reconnect_max_delay = max.max(min);
-        self
+    /// Set [`LinkOptions::reconnect_min_delay`] and [`LinkOptions::reconnect_max_delay`]
+    /// (defaults 100 ms and 5 s).
+    pub fn reconnect_delay(self, min: Duration, max: Duration) -> Self {
+        self.with_link(|link| link.reconnect_delay(min, max))
     }
 
-    /// Set [`RedisBrokerOptions::ping_interval`].
-    pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.ping_interval = interval;
-        self
+    /// Set [`LinkOptions::ping_interval`] (default 5 s).
+    pub fn ping_interval(self, interval: Duration) -> Self {
+        self.with_link(|link| link.ping_interval(interval))
     }
 
-    /// Set [`RedisBrokerOptions::publish_queue_capacity`] (at least 1).
-    pub fn publish_queue_capacity(mut self, capacity: usize) -> Self {
-        self.publish_queue_capacity = capacity.max(1);
-        self
+    /// Set [`LinkOptions::publish_queue_capacity`] (at least 1; default 10 000).
+    pub fn publish_queue_capacity(self, capacity: usize) -> Self {
+        self.with_link(|link| link.publish_queue_capacity(capacity))
     }
 
     /// Set [`RedisBrokerOptions::max_pipeline`] (at least 1).
@@ -130,13 +116,15 @@ impl RedisBrokerOptions {
         self
     }
 
+    /// Apply a [`LinkOptions`] setter to [`Self::link`].
+    fn with_link(mut self, set: impl FnOnce(LinkOptions) -> LinkOptions) -> Self {
+        self.link = set(self.link);
+        self
+    }
+
     /// The delay before reconnect attempt `attempt` (0-based), before jitter.
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        socketcluster_backplane::backoff(
-            self.reconnect_min_delay,
-            self.reconnect_max_delay,
-            attempt,
-        )
+        self.link.backoff(attempt)
     }
 }
 

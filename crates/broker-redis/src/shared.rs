@@ -5,9 +5,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use socketcluster_server::broker::Delivery;
-use tokio::sync::watch;
 
-use socketcluster_backplane::{BackplaneState, Counters, InstanceId, LastError, inbound};
+use socketcluster_backplane::{
+    BackplaneState, Counters, InstanceId, LastError, StateSender, inbound,
+};
 
 /// Status of one node's connection task.
 pub(crate) struct NodeStatus {
@@ -37,7 +38,7 @@ pub(crate) struct Shared {
     pub(crate) prefix: String,
     pub(crate) delivery: OnceLock<Delivery>,
     pub(crate) counters: Counters,
-    pub(crate) state: watch::Sender<BackplaneState>,
+    pub(crate) state: StateSender,
     pub(crate) nodes: Vec<std::sync::Arc<NodeStatus>>,
 }
 
@@ -78,10 +79,6 @@ impl Shared {
         } else {
             BackplaneState::Degraded
         };
-        self.state.send_if_modified(|s| {
-            let changed = *s != state;
-            *s = state;
-            changed
-        });
+        self.state.set(state);
     }
 }

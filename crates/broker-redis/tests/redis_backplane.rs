@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sc_test_support::backplane::{RedisServer, WAIT, redis_command, wait_state};
+use sc_test_support::backplane::{RedisServer, WAIT, redis_command};
+use sc_test_support::backplane_suite::{Probe, WsClient, scenarios, start_server, wait_state};
 use sc_test_support::free_port;
 use serde_json::json;
-use socketcluster_backplane::testing::{Probe, WsClient, scenarios, start_server};
 use socketcluster_broker_redis::{
     BackplaneState, Error, RedisBroker, RedisBrokerOptions, Topology,
 };

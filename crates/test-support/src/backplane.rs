@@ -312,24 +312,6 @@ impl BackplaneServer for NatsServer {
     }
 }
 
-/// Wait until the watched value equals `want` (no fixed sleeps); panics after [`WAIT`].
-pub async fn wait_state<T: Clone + PartialEq + std::fmt::Debug>(
-    rx: &mut tokio::sync::watch::Receiver<T>,
-    want: T,
-) {
-    let r = tokio::time::timeout(WAIT, rx.wait_for(|s| *s == want))
-        .await
-        .map(|r| r.is_ok());
-    match r {
-        Ok(true) => {}
-        Ok(false) => panic!("state channel closed while waiting for {want:?}"),
-        Err(_) => panic!(
-            "timed out waiting for state {want:?} (now {:?})",
-            *rx.borrow()
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

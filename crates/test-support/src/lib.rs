@@ -10,7 +10,9 @@
 //!   scenario of steps, printing every client event in emission order.
 //! * [`ensure_npm_installed`] installs the JS packages on first use (`npm ci`).
 //! * [`backplane`]: real `redis-server` / `nats-server` processes for the backplane
-//!   tests ([`backplane::RedisServer`], [`backplane::NatsServer`]).
+//!   tests ([`backplane::RedisServer`], [`backplane::NatsServer`]);
+//! * `backplane_suite` (feature `backplane-suite`, for the broker crates' tests): a
+//!   server with a broker, a raw WebSocket client, and the scenarios both brokers pass.
 //!
 //! The full description of both runners (options, commands, ops, output lines) is in
 //! `interop/README.md`.
@@ -42,6 +44,8 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod backplane;
+#[cfg(feature = "backplane-suite")]
+pub mod backplane_suite;
 mod client;
 mod jwt;
 mod npm;
