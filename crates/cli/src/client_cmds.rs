@@ -130,6 +130,8 @@ async fn run_token_command(cmd: &str, reason: &ReauthReason) -> Result<String, S
         .arg("-c")
         .arg(cmd)
         .stdin(std::process::Stdio::null())
+        // The client abandons a command that takes longer than its provider timeout.
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| format!("cannot run --token-command: {e}"))?;
@@ -306,7 +308,13 @@ fn report_event(ev: &Event) {
         ),
         Event::Disconnect { code, reason } => eprintln!("disconnected: {code} {reason}"),
         Event::ConnectAbort { code, reason } => eprintln!("connection failed: {code} {reason}"),
-        Event::ReauthenticationFailed { error } => eprintln!("re-authentication failed: {error}"),
+        Event::ReauthenticationFailed { error, retry_in } => match retry_in {
+            Some(d) => eprintln!(
+                "re-authentication failed: {error}; retrying in {:.1} s",
+                d.as_secs_f64()
+            ),
+            None => eprintln!("re-authentication failed: {error}"),
+        },
         _ => tracing::debug!(event = ev.name(), "client event"),
     }
 }

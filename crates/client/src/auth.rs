@@ -247,6 +247,8 @@ pub struct TokenRequest {
     pub reason: ReauthReason,
     /// The token the client currently holds (possibly expired), if any.
     pub current_token: Option<String>,
+    /// Consecutive failed attempts before this one (0 for a first attempt).
+    pub failures: u32,
 }
 
 /// The re-authentication hook: returns a fresh signed token. Implemented for every

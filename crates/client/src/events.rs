@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_core::Stream;
 use serde_json::{Map, Value};
@@ -169,10 +170,15 @@ pub enum Event {
         /// Why.
         reason: ReauthReason,
     },
-    /// Rust-only: the token provider failed or its token was rejected.
+    /// Rust-only: a re-authentication attempt failed (the token provider returned an
+    /// error or timed out, or the server did not accept its token, or a channel was
+    /// rejected again right after one). Channels waiting for it stay pending.
     ReauthenticationFailed {
         /// What went wrong.
         error: String,
+        /// When the next attempt starts (`None`: no further attempt on this connection,
+        /// because nothing needs it any more).
+        retry_in: Option<Duration>,
     },
     /// Rust-only: a consumer's buffer was full and messages were dropped.
     SlowConsumer {

@@ -82,6 +82,16 @@ pub struct ClientOptions {
     /// Call the token provider this long before the current token's `exp` (capped at a
     /// third of the token's lifetime when `iat` is known). Rust-only; default 30 s.
     pub reauth_margin: Duration,
+    /// How long the token provider may take before the attempt counts as failed (it is
+    /// then cancelled and retried like any other failure). Rust-only; default 10 s.
+    pub token_provider_timeout: Duration,
+    /// The delay before the next re-authentication attempt after one failed (the
+    /// provider returned an error or timed out, or the server rejected its token),
+    /// computed like the reconnect delay: `initial_delay` + up to `randomness`, times
+    /// `multiplier` per consecutive failure, at most `max_delay`. Channels waiting for
+    /// the re-authentication stay pending meanwhile. Rust-only; default 1000 ms + up to
+    /// 1000 ms, ×2, at most 30000 ms.
+    pub reauth_retry: ReconnectOptions,
     /// A custom rustls configuration for `wss://` URLs. Default: webpki roots, ring.
     pub tls_config: Option<Arc<rustls::ClientConfig>>,
     /// Prefix put before every channel name on the wire (`#subscribe`, `#unsubscribe`,
@@ -114,6 +124,8 @@ impl fmt::Debug for ClientOptions {
             .field("batch_on_handshake", &self.batch_on_handshake)
             .field("token_provider", &self.token_provider.is_some())
             .field("reauth_margin", &self.reauth_margin)
+            .field("token_provider_timeout", &self.token_provider_timeout)
+            .field("reauth_retry", &self.reauth_retry)
             .field("channel_prefix", &self.channel_prefix)
             .field("timestamp_requests", &self.timestamp_requests)
             .field("timestamp_param", &self.timestamp_param)
@@ -146,6 +158,13 @@ impl ClientOptions {
             token_store: Arc::new(MemoryTokenStore::new()),
             token_provider: None,
             reauth_margin: Duration::from_secs(30),
+            token_provider_timeout: Duration::from_secs(10),
+            reauth_retry: ReconnectOptions::new(
+                Duration::from_millis(1000),
+                Duration::from_millis(1000),
+                2.0,
+                Duration::from_millis(30_000),
+            ),
             tls_config: None,
             channel_prefix: None,
             timestamp_requests: false,
@@ -361,6 +380,20 @@ impl ClientBuilder {
     /// capped at a third of the token's lifetime).
     pub fn reauth_margin(mut self, margin: Duration) -> Self {
         self.options.reauth_margin = margin;
+        self
+    }
+
+    /// How long the token provider may take per attempt (default 10 s; see
+    /// [`ClientOptions::token_provider_timeout`]).
+    pub fn token_provider_timeout(mut self, timeout: Duration) -> Self {
+        self.options.token_provider_timeout = timeout;
+        self
+    }
+
+    /// The delays between failed re-authentication attempts (default 1000 ms + up to
+    /// 1000 ms, ×2, at most 30000 ms; see [`ClientOptions::reauth_retry`]).
+    pub fn reauth_retry(mut self, retry: ReconnectOptions) -> Self {
+        self.options.reauth_retry = retry;
         self
     }
 

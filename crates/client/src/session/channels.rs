@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use socketcluster_protocol::reserved as ev;
 use socketcluster_protocol::{EventPacket, KeyOrder, ResponsePacket, WireError};
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 
 use super::pending::Pending;
 use super::{Hold, Phase, Reauth, Session, raw};
@@ -37,8 +38,8 @@ pub(crate) enum ChannelRequest {
     Idle,
     /// Sent as `cid`; `unauthenticated`: sent while the client was unauthenticated.
     InFlight { cid: u64, unauthenticated: bool },
-    /// Rejected for an auth reason; kept pending until the re-authentication ends.
-    AwaitingReauth(WireError),
+    /// Rejected for an auth reason; pending until a re-authentication succeeds.
+    AwaitingReauth,
 }
 
 /// One entry of the channel table.
@@ -47,7 +48,8 @@ pub(crate) struct ChannelEntry {
     pub(crate) state: ChannelState,
     pub(crate) options: SubscribeOptions,
     pub(crate) request: ChannelRequest,
-    /// The one retry after a re-authentication has been used (reset by a confirmation).
+    /// The last request was sent right after a successful re-authentication (reset by a
+    /// confirmation): another auth rejection means that attempt did not help.
     pub(crate) auth_retry_used: bool,
     pub(crate) consumers: Vec<Consumer>,
     pub(crate) status: watch::Sender<ChannelStatus>,
@@ -213,9 +215,21 @@ impl Session {
     }
 
     /// The reply to `#subscribe` `cid` for `channel`.
-    pub(super) fn on_subscribe_reply(&mut self, channel: String, cid: u64, r: ResponsePacket) {
+    ///
+    /// A rejection is final (`subscribeFail`, the channel is removed) as in the JS
+    /// client, except with a token provider when it is auth-related (the request was
+    /// sent unauthenticated, the client is unauthenticated now, or the error is an
+    /// `AuthToken...Error`): the channel then stays pending and waits for a
+    /// re-authentication, however many attempts that takes (`reauth.rs`).
+    pub(super) fn on_subscribe_reply(
+        &mut self,
+        now: Instant,
+        channel: String,
+        cid: u64,
+        r: ResponsePacket,
+    ) {
         let authenticated = self.is_authenticated();
-        let can_reauth = self.can_reauthenticate();
+        let has_provider = self.has_provider();
         let reauth_idle = *self.reauth() == Reauth::Idle;
         let Some(entry) = self.channels.get_mut(&channel) else {
             return;
@@ -230,7 +244,7 @@ impl Session {
         entry.request = ChannelRequest::Idle;
         let options = entry.options.wire_options();
         let Some(err) = r.error() else {
-            entry.auth_retry_used = false;
+            let was_retry = std::mem::take(&mut entry.auth_retry_used);
             if entry.state != ChannelState::Subscribed {
                 entry.set_state(ChannelState::Subscribed);
                 self.set_channel_snapshot(&channel, Some(ChannelState::Subscribed));
@@ -241,6 +255,10 @@ impl Session {
                 });
                 self.emit(Event::Subscribe { channel, options });
             }
+            if was_retry {
+                // The re-authentication it waited for worked.
+                self.reauth_backoff.reset();
+            }
             return;
         };
         let auth_related = sent_unauthenticated
@@ -248,16 +266,22 @@ impl Session {
             || err
                 .as_object()
                 .is_some_and(|o| o.name.is_auth_token_error());
-        if auth_related && can_reauth && !entry.auth_retry_used {
-            tracing::info!(channel = %channel, error = %err, "subscription rejected while unauthenticated; retrying after re-authentication");
+        if auth_related && has_provider {
+            tracing::info!(channel = %channel, error = %err, "subscription rejected for an auth reason; kept pending for a re-authentication");
             if authenticated && sent_unauthenticated && reauth_idle {
                 // Re-authenticated since the request was sent: retry at once.
                 entry.auth_retry_used = true;
                 self.try_subscribe(&channel);
                 return;
             }
-            entry.request = ChannelRequest::AwaitingReauth(err);
-            self.start_reauth(ReauthReason::SubscribeRejected(channel));
+            let again = entry.auth_retry_used;
+            let error = err.to_string();
+            entry.request = ChannelRequest::AwaitingReauth;
+            if again {
+                self.reauth_did_not_help(now, channel, error);
+            } else {
+                self.start_reauth(now, ReauthReason::SubscribeRejected(channel));
+            }
             return;
         }
         if !entry.options.wait_for_auth || authenticated {
@@ -265,27 +289,25 @@ impl Session {
         }
     }
 
-    /// The re-authentication ended: channels it kept pending get their one retry
-    /// (`success`) or fail with the rejection they got.
-    pub(super) fn release_channels_awaiting_reauth(&mut self, success: bool) {
-        let waiting: Vec<String> = self
-            .channels
-            .iter()
-            .filter(|(_, e)| matches!(e.request, ChannelRequest::AwaitingReauth(_)))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in waiting {
-            let Some(entry) = self.channels.get_mut(&name) else {
-                continue;
-            };
-            let request = std::mem::replace(&mut entry.request, ChannelRequest::Idle);
-            if success {
+    /// Whether a channel waits for a re-authentication.
+    pub(super) fn channels_await_reauth(&self) -> bool {
+        self.channels
+            .values()
+            .any(|e| matches!(e.request, ChannelRequest::AwaitingReauth))
+    }
+
+    /// A re-authentication succeeded: channels that waited for it may be requested again,
+    /// each marked as retried after a re-authentication. Returns whether there were any.
+    pub(super) fn retry_channels_awaiting_reauth(&mut self) -> bool {
+        let mut any = false;
+        for entry in self.channels.values_mut() {
+            if matches!(entry.request, ChannelRequest::AwaitingReauth) {
+                entry.request = ChannelRequest::Idle;
                 entry.auth_retry_used = true;
-            } else if let ChannelRequest::AwaitingReauth(err) = request {
-                let options = entry.options.wire_options();
-                self.fail_channel(&name, err, options);
+                any = true;
             }
         }
+        any
     }
 
     /// Remove a channel after a final rejection (`subscribeFail`).

@@ -149,8 +149,14 @@ impl Session {
         self.backoff.reset();
         self.snapshot.send_modify(|s| s.connect_attempts = 0);
         // Rust-only: re-authenticate before anything else is subscribed or sent.
-        let reauth = (self.opts.token_provider.is_some() && !self.is_authenticated())
-            .then(|| self.begin_reauth(Hold::SubscriptionsAndQueue));
+        let reauth = (self.has_provider() && !self.is_authenticated()).then(|| {
+            let reason = match &status.auth_error {
+                Some(e) => ReauthReason::Rejected(e.clone()),
+                None => ReauthReason::NoToken,
+            };
+            let seq = self.begin_reauth(now, Hold::SubscriptionsAndQueue, reason.clone());
+            (seq, reason)
+        });
         if self.opts.auto_subscribe_on_connect {
             self.process_pending_subscriptions();
         }
@@ -164,13 +170,7 @@ impl Session {
             let _ = w.send(Ok(()));
         }
         match reauth {
-            Some(seq) => {
-                let reason = match &status.auth_error {
-                    Some(e) => ReauthReason::Rejected(e.clone()),
-                    None => ReauthReason::NoToken,
-                };
-                self.call_provider(seq, reason);
-            }
+            Some((seq, reason)) => self.call_provider(seq, reason),
             None => {
                 self.flush_queue();
                 self.schedule_refresh(now);

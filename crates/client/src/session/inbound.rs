@@ -86,7 +86,7 @@ impl Session {
                 self.timers.remove_ack(deadline, TimerKey::Sent(cid));
                 self.on_handshake_reply(now, token, r);
             }
-            Pending::Subscribe { channel } => self.on_subscribe_reply(channel, cid, r),
+            Pending::Subscribe { channel } => self.on_subscribe_reply(now, channel, cid, r),
             Pending::Authenticate {
                 token,
                 reply,
@@ -115,7 +115,7 @@ impl Session {
                 let token = ev::parse_set_auth_token(e.data.as_deref());
                 self.on_set_auth_token(now, token, e.cid);
             }
-            ev::REMOVE_AUTH_TOKEN => self.on_remove_auth_token(e.cid),
+            ev::REMOVE_AUTH_TOKEN => self.on_remove_auth_token(now, e.cid),
             _ => {
                 if e.event == ev::DISCONNECT
                     && self.opts.protocol_version == ProtocolVersion::V1

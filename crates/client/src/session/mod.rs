@@ -22,13 +22,15 @@
 //! Where things are decided:
 //! - `handshake.rs`: connecting, the handshake, what happens when a connection opens;
 //! - `channels.rs`: subscribing, **when the client (re)subscribes**, rejections;
-//! - `reauth.rs`: the auth state, the (re-)authentication phase ([`Reauth`]) and what it
-//!   holds back;
+//! - `auth.rs`: the auth state, `authenticate`, the server's auth tokens;
+//! - `reauth.rs`: re-authentication through the token provider: its phase ([`Reauth`]),
+//!   what it holds back, retries with backoff, the refresh before `exp`;
 //! - `outbound.rs`: the outbound queue and batching;
 //! - `inbound.rs`: incoming frames, responses and server events;
 //! - `close.rs`: disconnecting, the close sequence, the reconnect decision;
 //! - `timers.rs`: ack timeouts, ping, dial, reconnect, refresh and batch deadlines.
 
+mod auth;
 mod channels;
 mod close;
 mod handshake;
@@ -216,6 +218,8 @@ pub(crate) struct Session {
     signed_token: Option<String>,
     claims: Option<Value>,
     provider_seq: u64,
+    /// Consecutive failed re-authentication attempts and the delay formula.
+    reauth_backoff: Backoff,
     /// Seconds since the Unix epoch (the token's `exp` is wall-clock time).
     unix_now: fn() -> f64,
     /// The value drawn for the reconnect delay's randomness, in `[0, 1)`.
@@ -254,6 +258,7 @@ impl Session {
     ) -> Session {
         let backoff = Backoff::new(opts.reconnect.clone());
         let ping_timeout = opts.connect_timeout;
+        let reauth_backoff = Backoff::new(opts.reauth_retry.clone());
         Session {
             opts,
             cmd,
@@ -274,6 +279,7 @@ impl Session {
             signed_token: None,
             claims: None,
             provider_seq: 0,
+            reauth_backoff,
             unix_now: system_unix_now,
             unit_random: rand::random::<f64>,
             handlers: HashMap::new(),

@@ -87,13 +87,29 @@ impl Harness {
         self.s.outputs().actions.drain(..).collect()
     }
 
-    /// Names of the events emitted since the last call.
-    fn events(&mut self) -> Vec<&'static str> {
+    /// The events emitted since the last call.
+    fn take_events(&mut self) -> Vec<Event> {
         let mut v = Vec::new();
         while let Ok(e) = self.events.try_recv() {
-            v.push(e.name());
+            v.push(e);
         }
         v
+    }
+
+    /// Names of the events emitted since the last call.
+    fn events(&mut self) -> Vec<&'static str> {
+        self.take_events().iter().map(Event::name).collect()
+    }
+
+    /// `retry_in` of each `reauthenticationFailed` emitted since the last call.
+    fn failures(&mut self) -> Vec<Option<Duration>> {
+        self.take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::ReauthenticationFailed { retry_in, .. } => Some(retry_in),
+                _ => None,
+            })
+            .collect()
     }
 
     fn command(&mut self, c: Command) {
@@ -351,7 +367,8 @@ async fn unauthenticated_handshake_holds_subscriptions_and_queue_until_the_token
         h.reauth(),
         Reauth::Provider {
             seq,
-            hold: Hold::SubscriptionsAndQueue
+            hold: Hold::SubscriptionsAndQueue,
+            reason: ReauthReason::NoToken
         }
     );
     let ev = h.events();
@@ -368,7 +385,8 @@ async fn unauthenticated_handshake_holds_subscriptions_and_queue_until_the_token
         h.reauth(),
         Reauth::Authenticating {
             cid,
-            hold: Hold::SubscriptionsAndQueue
+            hold: Hold::SubscriptionsAndQueue,
+            reason: ReauthReason::NoToken
         }
     );
     h.reply(
@@ -385,44 +403,135 @@ async fn unauthenticated_handshake_holds_subscriptions_and_queue_until_the_token
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failing_provider_gives_up_for_this_connection_and_releases_what_it_held() {
+async fn a_failing_provider_is_retried_with_backoff_and_rejected_channels_stay_pending() {
     let mut h = Harness::new(options(true));
-    let _a = h.subscribe("a", SubscribeOptions::new());
+    let a = h.subscribe("a", SubscribeOptions::new());
     let w = h.subscribe("w", SubscribeOptions::new().wait_for_auth(true));
     h.transmit("queued");
     h.open(None, unauthenticated());
     let (seq, _) = h.provider_call();
     h.events();
+    let t1 = Instant::now();
     h.s.on_provider_result(
-        Instant::now(),
+        t1,
         seq,
         Err(Box::new(std::io::Error::other("login service down"))),
     );
-    assert_eq!(h.events(), ["reauthenticationFailed", "subscribeRequest"]);
+    // reauth_retry: 1000 ms + 0 (the drawn randomness) for the first failure.
+    assert_eq!(h.failures(), [Some(Duration::from_millis(1000))]);
+    let f = h.frames();
     assert_eq!(
-        events_of(&h.frames()),
+        events_of(&f),
         ["#subscribe a", "queued"],
-        "the waitForAuth channel stays pending, the rest goes out"
+        "what was held goes out; the waitForAuth channel stays pending"
     );
-    assert_eq!(h.reauth(), Reauth::GaveUp);
-    assert_eq!(w.status.borrow().state, ChannelState::Pending);
-    // No loop: a removed token does not call the provider again on this connection.
+    assert_eq!(
+        h.reauth(),
+        Reauth::Backoff {
+            reason: ReauthReason::NoToken
+        }
+    );
+    // The server rejects `a` (the client is unauthenticated): kept, not failed.
+    h.reply_error(
+        &f[0]["cid"],
+        json!({"name": "UnauthorizedError", "message": "no"}),
+    );
+    assert_eq!(h.events(), Vec::<&str>::new(), "no subscribeFail");
+    assert!(matches!(
+        h.s.channels["a"].request,
+        super::channels::ChannelRequest::AwaitingReauth
+    ));
+    assert_eq!(a.status.borrow().state, ChannelState::Pending);
+    // No hammering: a removed token waits for the backoff delay too.
     h.text(json!({"event": "#removeAuthToken"}));
     assert!(
         !h.actions()
             .iter()
             .any(|a| matches!(a, Action::CallProvider { .. }))
     );
-    // The next connection starts afresh.
-    h.s.on_socket_closed(Instant::now(), CloseFrame::Code(4000, String::new()));
-    h.actions();
-    h.open(None, unauthenticated());
-    let (_, reason) = h.provider_call();
-    assert_eq!(reason, ReauthReason::NoToken);
+    h.s.on_text(t1, ""); // a ping keeps the ping deadline away
+    h.frames();
+    h.advance_to(t1 + Duration::from_millis(1000));
+    let actions = h.actions();
+    let [Action::CallProvider { seq, request }] = &actions[..] else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(request.reason, ReauthReason::NoToken);
+    assert_eq!(request.failures, 1);
+    assert_eq!(
+        h.reauth().hold(),
+        Hold::Subscriptions,
+        "a retry holds subscriptions only"
+    );
+    h.s.on_provider_result(t1 + Duration::from_millis(1000), *seq, Ok("fresh".into()));
+    let f = h.frames();
+    assert_eq!(events_of(&f), ["#authenticate"]);
+    h.reply(&f[0]["cid"], json!({"isAuthenticated": true}));
+    assert_eq!(
+        events_of(&h.frames()),
+        ["#subscribe a", "#subscribe w"],
+        "the kept channel and the waitForAuth one"
+    );
+    assert_eq!(w.status.borrow().state, ChannelState::Pending);
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_unanswered_authenticate_fails_the_reauthentication_at_the_ack_timeout() {
+async fn a_provider_that_hangs_past_its_timeout_is_cancelled_and_retried() {
+    let mut o = options(true);
+    o.ping_timeout_disabled = true;
+    o.token_provider_timeout = Duration::from_secs(3);
+    let mut h = Harness::new(o);
+    let t0 = Instant::now();
+    h.open(None, unauthenticated());
+    let (seq, _) = h.provider_call();
+    h.events();
+    h.advance_to(t0 + Duration::from_secs(3));
+    let actions = h.actions();
+    assert!(
+        matches!(actions[..], [Action::CancelProvider]),
+        "{actions:?}"
+    );
+    assert_eq!(h.failures(), [Some(Duration::from_millis(1000))]);
+    // Its late answer is ignored.
+    h.s.on_provider_result(t0 + Duration::from_secs(4), seq, Ok("late".into()));
+    assert!(h.frames().is_empty());
+    h.advance_to(t0 + Duration::from_secs(4));
+    let (seq2, _) = h.provider_call();
+    assert_ne!(seq, seq2);
+    // Each further failure waits longer (x2), up to the cap.
+    h.advance_to(t0 + Duration::from_secs(7));
+    h.actions();
+    assert_eq!(h.failures(), [Some(Duration::from_millis(2000))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unsubscribing_the_only_channel_that_needed_a_token_ends_the_retries() {
+    let mut h = Harness::new(options(true));
+    h.open(Some("old"), authenticated());
+    h.actions();
+    let _p = h.subscribe("p", SubscribeOptions::new());
+    let f = h.frames();
+    h.reply_error(
+        &f[0]["cid"],
+        json!({"name": "AuthTokenExpiredError", "message": "jwt expired"}),
+    );
+    let (seq, reason) = h.provider_call();
+    assert_eq!(reason, ReauthReason::SubscribeRejected("p".into()));
+    h.command(Command::Unsubscribe {
+        channel: "p".into(),
+    });
+    h.events();
+    h.s.on_provider_result(
+        Instant::now(),
+        seq,
+        Err(Box::new(std::io::Error::other("down"))),
+    );
+    assert_eq!(h.failures(), [None], "nothing needs a token any more");
+    assert_eq!(h.reauth(), Reauth::Idle);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_authenticate_is_a_failed_attempt_retried_after_backoff() {
     let mut h = Harness::new(options(true));
     h.open(None, unauthenticated());
     let (seq, _) = h.provider_call();
@@ -432,8 +541,13 @@ async fn an_unanswered_authenticate_fails_the_reauthentication_at_the_ack_timeou
     h.events();
     h.s.on_text(t1, ""); // a ping keeps the ping deadline away
     h.advance_to(t1 + Duration::from_secs(10));
-    assert_eq!(h.events(), ["reauthenticationFailed"]);
-    assert_eq!(h.reauth(), Reauth::GaveUp);
+    assert_eq!(h.failures(), [Some(Duration::from_millis(1000))]);
+    assert_eq!(
+        h.reauth(),
+        Reauth::Backoff {
+            reason: ReauthReason::NoToken
+        }
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -453,7 +567,8 @@ async fn a_removed_token_holds_new_subscriptions_but_not_other_traffic() {
         h.reauth(),
         Reauth::Provider {
             seq,
-            hold: Hold::Subscriptions
+            hold: Hold::Subscriptions,
+            reason: ReauthReason::Removed
         }
     );
     let _b = h.subscribe("b", SubscribeOptions::new());
@@ -483,7 +598,8 @@ async fn a_refresh_before_exp_holds_nothing_until_the_server_removes_the_token()
         h.reauth(),
         Reauth::Provider {
             seq,
-            hold: Hold::Nothing
+            hold: Hold::Nothing,
+            reason: ReauthReason::Expiring
         }
     );
     let _c = h.subscribe("c", SubscribeOptions::new());
@@ -500,7 +616,8 @@ async fn a_refresh_before_exp_holds_nothing_until_the_server_removes_the_token()
         h.reauth(),
         Reauth::Provider {
             seq,
-            hold: Hold::Subscriptions
+            hold: Hold::Subscriptions,
+            reason: ReauthReason::Expiring
         }
     );
     let _d = h.subscribe("d", SubscribeOptions::new());
@@ -508,7 +625,7 @@ async fn a_refresh_before_exp_holds_nothing_until_the_server_removes_the_token()
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_auth_rejected_subscription_is_retried_once_after_reauthentication() {
+async fn an_auth_rejected_subscription_stays_pending_through_reauthentications() {
     let mut h = Harness::new(options(true));
     h.open(Some("old"), authenticated());
     h.actions();
@@ -526,11 +643,44 @@ async fn an_auth_rejected_subscription_is_retried_once_after_reauthentication() 
     let f = h.frames();
     assert_eq!(events_of(&f), ["#subscribe p"], "the one retry");
     assert!(matches!(&h.actions()[..], [Action::SaveToken(_)]));
-    // Rejected again: final.
+    // Rejected for an auth reason again: that attempt did not help. The channel stays
+    // pending and the next attempt waits for the backoff delay.
+    let t1 = Instant::now();
     h.reply_error(&f[0]["cid"], expired);
-    assert!(h.actions().is_empty(), "no second re-authentication");
+    assert!(h.actions().is_empty(), "no immediate provider call");
+    assert_eq!(h.failures(), [Some(Duration::from_millis(1000))]);
+    assert_eq!(p.status.borrow().state, ChannelState::Pending);
+    h.s.on_text(t1, "");
+    h.frames();
+    h.advance_to(t1 + Duration::from_millis(1000));
+    let (seq, reason) = h.provider_call();
+    assert_eq!(reason, ReauthReason::SubscribeRejected("p".into()));
+    h.s.on_provider_result(t1 + Duration::from_millis(1000), seq, Ok("fresher".into()));
+    let f = h.frames();
+    h.reply(&f[0]["cid"], json!({"isAuthenticated": true}));
+    let f = h.frames();
+    assert_eq!(events_of(&f), ["#subscribe p"]);
+    h.reply(&f[0]["cid"], json!(null));
+    assert_eq!(p.status.borrow().state, ChannelState::Subscribed);
+    assert_eq!(
+        h.s.reauth_backoff.attempts(),
+        0,
+        "a confirmation resets the backoff"
+    );
+    // A rejection that is not about auth stays final, as in the JS client.
+    h.command(Command::Unsubscribe {
+        channel: "p".into(),
+    });
+    let q = h.subscribe("q", SubscribeOptions::new());
+    let f = h.frames();
+    let f = f.last().cloned().unwrap_or_default();
+    h.events();
+    h.reply_error(
+        &f["cid"],
+        json!({"name": "ForbiddenError", "message": "no"}),
+    );
     assert!(h.events().contains(&"subscribeFail"));
-    let status = p.status.borrow().clone();
+    let status = q.status.borrow().clone();
     assert_eq!(status.state, ChannelState::Unsubscribed);
     assert!(matches!(status.ended, Some(SubscribeError::Rejected(_))));
 }

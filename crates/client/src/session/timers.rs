@@ -34,6 +34,8 @@ pub(super) struct Timers {
     pub(super) reconnect: Option<Instant>,
     /// Ask the token provider for a fresh token (before `exp`).
     pub(super) refresh: Option<Instant>,
+    /// The token provider's deadline, or the end of a re-authentication backoff.
+    pub(super) reauth: Option<Instant>,
     /// Write the batch buffer.
     pub(super) batch_flush: Option<Instant>,
     /// End the batching started by `batch_on_handshake`.
@@ -48,6 +50,7 @@ impl Timers {
             self.dial,
             self.reconnect,
             self.refresh,
+            self.reauth,
             self.batch_flush,
             self.batch_stop,
         ]
@@ -74,6 +77,7 @@ impl Timers {
         self.ping = None;
         self.dial = None;
         self.refresh = None;
+        self.reauth = None;
         self.batch_flush = None;
         self.batch_stop = None;
     }
@@ -115,7 +119,10 @@ impl Session {
             self.start_connect(now);
         }
         if due(&mut self.timers.refresh, now) {
-            self.start_reauth(ReauthReason::Expiring);
+            self.start_reauth(now, ReauthReason::Expiring);
+        }
+        if due(&mut self.timers.reauth, now) {
+            self.on_reauth_deadline(now);
         }
         if due(&mut self.timers.batch_stop, now) && !self.outbound.batching_explicit {
             self.stop_batching();
@@ -161,11 +168,11 @@ impl Session {
                         }));
                     }
                     if self.is_reauth_request(cid) {
-                        self.emit(Event::ReauthenticationFailed {
-                            error: "TimeoutError: Event response for #authenticate event timed out"
+                        self.reauth_attempt_failed(
+                            now,
+                            "TimeoutError: Event response for #authenticate event timed out"
                                 .to_owned(),
-                        });
-                        self.end_reauth(now, false);
+                        );
                     }
                 }
                 Some(p @ Pending::Subscribe { .. }) => {

@@ -281,25 +281,102 @@ async fn auth_rejected_subscription_is_retried_once_after_reauthentication() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn failing_hook_releases_channels_with_the_js_outcome() {
+async fn a_failing_provider_never_drops_a_channel_and_is_retried_until_it_works() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let fresh = jwt(json!({"u":"fresh"}));
+    let (c2, t2) = (calls.clone(), fresh.clone());
     let (b, mut server) = builder();
     let client = b
-        .token_provider(|_r: TokenRequest| async {
-            Err::<String, _>(std::io::Error::other("no token today"))
+        .token_provider(move |_r: TokenRequest| {
+            let n = c2.fetch_add(1, Ordering::SeqCst);
+            let t = t2.clone();
+            async move {
+                if n < 3 {
+                    Err(std::io::Error::other("login service down"))
+                } else {
+                    Ok(t)
+                }
+            }
         })
         .build()
         .unwrap();
-    let _sub = client.subscribe("private/feed").await.unwrap();
+    let sub = client.subscribe("private/feed").await.unwrap();
     let mut events = client.events();
     let (mut conn, _) = server.accept_handshake().await;
+    // The first attempt failed: what it held goes out, and the server refuses the
+    // unauthenticated subscription.
     let s = conn.recv_json().await;
     assert_eq!(s["event"], "#subscribe");
     conn.send_json(
         json!({"rid": s["cid"], "error":{"message":"unauthenticated","name":"UnauthorizedError"}}),
     )
     .await;
-    let e = wait_event(&mut events, |e| e.name() == "subscribeFail").await;
-    assert_eq!(e.channel(), Some("private/feed"));
+    // Two more failures (after 1-2 s, then 2-4 s), then the token.
+    let a = conn.recv_json().await;
+    assert_eq!(a["event"], "#authenticate");
+    assert_eq!(a["data"], fresh.as_str());
+    conn.send_json(json!({"rid": a["cid"], "data":{"isAuthenticated":true,"authError":null}}))
+        .await;
+    let s = conn.recv_json().await;
+    assert_eq!(s["data"]["channel"], "private/feed");
+    conn.send_json(json!({"rid": s["cid"]})).await;
+    sub.subscribed().await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    let mut retries = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(1), events.recv()).await {
+        assert_ne!(e.name(), "subscribeFail");
+        if let Event::ReauthenticationFailed { retry_in, .. } = e {
+            retries.push(retry_in.expect("a next attempt"));
+        }
+    }
+    assert_eq!(retries.len(), 3, "{retries:?}");
+    assert!(
+        retries[1] > retries[0] && retries[2] > retries[1],
+        "{retries:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_hangs_is_abandoned_at_its_timeout_and_asked_again() {
+    struct Dropped(Arc<AtomicUsize>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let fresh = jwt(json!({"u":"fresh"}));
+    let (c2, d2, t2) = (calls.clone(), dropped.clone(), fresh.clone());
+    let (b, mut server) = builder();
+    let client = b
+        .token_provider_timeout(Duration::from_secs(2))
+        .token_provider(move |_r: TokenRequest| {
+            let n = c2.fetch_add(1, Ordering::SeqCst);
+            let guard = Dropped(d2.clone());
+            let t = t2.clone();
+            async move {
+                let _guard = guard;
+                if n == 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, std::io::Error>(t)
+            }
+        })
+        .build()
+        .unwrap();
+    let (mut conn, _) = server.accept_handshake().await;
+    let a = conn.recv_json().await;
+    assert_eq!(a["event"], "#authenticate");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        2,
+        "the hung call was cancelled (and the second one finished)"
+    );
+    conn.send_json(json!({"rid": a["cid"], "data":{"isAuthenticated":true,"authError":null}}))
+        .await;
+    wait_open(&client).await;
 }
 
 #[tokio::test(start_paused = true)]
