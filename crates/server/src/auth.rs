@@ -37,6 +37,7 @@ use socketcluster_protocol::ErrorObject;
 use socketcluster_protocol::reserved::TokenField;
 
 use crate::error::ConfigError;
+pub use crate::error::SignError;
 
 /// Lenient base64url decoding, like Node's `Buffer.from(s, 'base64')`.
 const B64_LENIENT: GeneralPurpose = GeneralPurpose::new(
@@ -307,11 +308,6 @@ impl DeauthenticateOptions {
         self
     }
 }
-
-/// Why signing failed (the JS server then closes the socket with 4002).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct SignError(pub String);
 
 /// A verified token.
 #[derive(Clone, Debug)]

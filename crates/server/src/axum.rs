@@ -30,7 +30,7 @@ use axum::routing::MethodRouter;
 use hyper_util::rt::TokioIo;
 
 use crate::listener::{HttpReject, authorize, check_upgrade, reason_phrase};
-use crate::middleware::HandshakeRequest;
+use crate::request::HandshakeRequest;
 use crate::server::{Io, Server};
 
 /// A `GET` route serving SocketCluster WebSocket upgrades.
@@ -90,7 +90,7 @@ pub async fn upgrade(server: Server, mut req: Request) -> Response {
             Ok(upgraded) => {
                 let io: Box<dyn Io> = Box::new(TokioIo::new(upgraded));
                 let ws = crate::ws::ServerWs::new(io, Vec::new(), max_payload);
-                inner.start_socket(ws, crate::socket::StoredRequest::parsed(hreq));
+                inner.start_socket(ws, crate::request::StoredRequest::parsed(hreq));
             }
             Err(e) => tracing::debug!(error = %e, "HTTP upgrade failed"),
         }

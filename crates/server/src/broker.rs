@@ -41,13 +41,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
 use crate::channel::{ChannelHub, Publication};
-
-/// A broker operation failed. Its message is embedded in the JS-compatible
-/// `BrokerError` sent to the client (`Failed to subscribe socket to the <ch> channel -
-/// <message>`).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct BrokerError(pub String);
+pub use crate::error::BrokerError;
 
 /// Future returned by broker operations.
 pub type BrokerFuture = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + 'static>>;

@@ -13,6 +13,7 @@ mod limits;
 mod listener;
 pub mod metrics;
 pub mod middleware;
+mod request;
 pub mod rpc;
 mod server;
 mod socket;

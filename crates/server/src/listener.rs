@@ -9,14 +9,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderMap, Method};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::middleware::{Block, HandshakeRequest, run_handshake_ws, snapshot};
+use crate::middleware::{Block, run_handshake_ws, snapshot};
+use crate::request::{HandshakeRequest, StoredRequest, parse_request};
 use crate::server::{Io, ServerInner};
-use crate::socket::StoredRequest;
 use crate::ws::ServerWs;
 
 /// An HTTP refusal of an upgrade request.
@@ -273,34 +273,6 @@ async fn read_head(io: &mut Box<dyn Io>, buf: &mut Vec<u8>, max: usize) -> Resul
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
-}
-
-pub(crate) fn parse_request(
-    head: &[u8],
-    addr: Option<SocketAddr>,
-    secure: bool,
-) -> Option<HandshakeRequest> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return None,
-    }
-    let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
-    let uri: Uri = req.path?.parse().ok()?;
-    let mut map = HeaderMap::new();
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
-        map.append(name, value);
-    }
-    Some(HandshakeRequest {
-        method,
-        uri,
-        headers: map,
-        remote_addr: addr,
-        secure,
-    })
 }
 
 async fn reject(io: &mut Box<dyn Io>, inner: &ServerInner, r: HttpReject) {

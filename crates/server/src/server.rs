@@ -125,7 +125,7 @@ impl ServerInner {
     pub(crate) fn start_socket(
         &self,
         ws: crate::ws::ServerWs,
-        request: crate::socket::StoredRequest,
+        request: crate::request::StoredRequest,
     ) {
         let Some(this) = self.self_ref.get().and_then(std::sync::Weak::upgrade) else {
             return;

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::auth::{Claims, DeauthenticateOptions, SignOptions};
 use crate::channel::Publication;
 use crate::error::{AuthTokenError, InvokeError, KickOutError, SendError};
-use crate::middleware::HandshakeRequest;
+use crate::request::{HandshakeRequest, StoredRequest};
 use crate::server::ServerInner;
 
 /// Connection state of a socket (PROTOCOL.md 8.6).
@@ -423,57 +423,6 @@ pub(crate) enum Cmd {
         reason: String,
     },
     Terminate,
-}
-
-/// A socket's HTTP upgrade request, kept compactly: the raw request head (a few hundred
-/// bytes), parsed again only if somebody asks for it ([`Socket::request`]). A parsed
-/// `HeaderMap` costs about 1 KB per socket, kept for the socket's whole life.
-pub(crate) struct StoredRequest {
-    head: Box<[u8]>,
-    remote_addr: Option<SocketAddr>,
-    secure: bool,
-    parsed: OnceLock<Arc<HandshakeRequest>>,
-}
-
-impl StoredRequest {
-    /// From the raw request head, already parsed successfully once.
-    pub(crate) fn raw(head: Box<[u8]>, remote_addr: Option<SocketAddr>, secure: bool) -> Self {
-        StoredRequest {
-            head,
-            remote_addr,
-            secure,
-            parsed: OnceLock::new(),
-        }
-    }
-
-    /// From a parsed request (shared with middleware, or built by a framework).
-    pub(crate) fn parsed(req: Arc<HandshakeRequest>) -> Self {
-        StoredRequest {
-            head: Box::default(),
-            remote_addr: req.remote_addr,
-            secure: req.secure,
-            parsed: OnceLock::from(req),
-        }
-    }
-
-    pub(crate) fn remote_addr(&self) -> Option<SocketAddr> {
-        self.remote_addr
-    }
-
-    pub(crate) fn get(&self) -> &HandshakeRequest {
-        self.parsed.get_or_init(|| {
-            Arc::new(
-                crate::listener::parse_request(&self.head, self.remote_addr, self.secure)
-                    .unwrap_or_else(|| HandshakeRequest {
-                        method: http::Method::GET,
-                        uri: http::Uri::from_static("/"),
-                        headers: http::HeaderMap::new(),
-                        remote_addr: self.remote_addr,
-                        secure: self.secure,
-                    }),
-            )
-        })
-    }
 }
 
 /// State shared between a socket's handles, its task and the channel registry.
