@@ -31,7 +31,8 @@ use hyper_util::rt::TokioIo;
 
 use crate::listener::{HttpReject, authorize, check_upgrade, reason_phrase};
 use crate::request::HandshakeRequest;
-use crate::server::{Io, Server};
+use crate::server::Server;
+use crate::ws::Io;
 
 /// A `GET` route serving SocketCluster WebSocket upgrades.
 pub fn route<S: Clone + Send + Sync + 'static>(server: Server) -> MethodRouter<S> {

@@ -16,8 +16,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::middleware::{Block, run_handshake_ws, snapshot};
 use crate::request::{HandshakeRequest, StoredRequest, parse_request};
-use crate::server::{Io, ServerInner};
-use crate::ws::ServerWs;
+use crate::server::ServerInner;
+use crate::ws::{Io, ServerWs};
 
 /// An HTTP refusal of an upgrade request.
 #[derive(Debug, Clone)]

@@ -36,10 +36,6 @@ use crate::rpc::{
 use crate::socket::{Outbox, Socket, SocketShared, SocketState, View};
 use crate::task::SocketTask;
 
-/// Any byte stream a WebSocket can run on (TCP, TLS, an HTTP upgrade).
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
-
 /// Process-wide counter mixed into socket ids (like the JS `base64id`).
 static ID_SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
