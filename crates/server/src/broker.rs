@@ -40,8 +40,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
-use crate::channel::{ChannelHub, Publication};
+use crate::channel::Publication;
 pub use crate::error::BrokerError;
+use crate::hub::ChannelHub;
 
 /// Future returned by broker operations.
 pub type BrokerFuture = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + 'static>>;

@@ -11,8 +11,9 @@ use socketcluster_protocol::RawValue;
 use tokio::sync::mpsc;
 
 use crate::broker::BrokerError;
-use crate::channel::{ExchangeSink, Publication, Subscriber};
+use crate::channel::Publication;
 use crate::error::PublishError;
+use crate::hub::{ExchangeSink, Subscriber};
 use crate::server::ServerInner;
 
 /// Capacity of an exchange subscription's queue; when a consumer falls this far behind,

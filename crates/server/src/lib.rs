@@ -9,6 +9,7 @@ mod config;
 mod error;
 mod events;
 pub mod exchange;
+mod hub;
 mod limits;
 mod listener;
 pub mod metrics;

@@ -20,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthConfig, AuthEngine, Claims, SignError, SignOptions};
 use crate::broker::{Broker, Delivery, LocalBroker};
-use crate::channel::ChannelHub;
 use crate::config::ServerConfig;
 use crate::error::{ConfigError, ServerError};
 use crate::events::{ServerEvent, ServerEvents, Stats, StatsSnapshot};
 use crate::exchange::Exchange;
+use crate::hub::ChannelHub;
 use crate::middleware::{
     HandshakeMiddleware, HandshakeWsMiddleware, InboundMiddleware, InboundRawMiddleware,
     Middlewares, OutboundMiddleware, push,

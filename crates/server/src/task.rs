@@ -34,10 +34,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::auth::{Claims, VerifyOutcome, is_bad_token, now_ms};
 use crate::broker::{BrokerError, BrokerFuture};
-use crate::channel::{Publication, Subscriber};
+use crate::channel::Publication;
 use crate::config::{UnhandledProcedure, glob_match};
 use crate::error::{AuthTokenError, InvokeError, KickOutError};
 use crate::events::{AuthState, ServerEvent};
+use crate::hub::Subscriber;
 use crate::limits::{Bucket, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION};
 use crate::middleware::{
     Block, HandshakeAction, InboundAction, InboundKind, InboundRawAction, PublishOutAction,
