@@ -145,12 +145,27 @@ pub(crate) enum Removed {
 
 /// channel -> local subscribers. The channel name is an `Arc<str>` shared with the
 /// subscribed sockets' views, so each name is stored once.
-#[derive(Default)]
 pub(crate) struct ChannelHub {
     map: RwLock<HashMap<Arc<str>, Subs>>,
+    /// The next subscriber key (sockets and exchange subscriptions).
+    next_key: AtomicU64,
+}
+
+impl Default for ChannelHub {
+    fn default() -> Self {
+        ChannelHub {
+            map: RwLock::default(),
+            next_key: AtomicU64::new(1),
+        }
+    }
 }
 
 impl ChannelHub {
+    /// A key for a new subscriber, unique in this hub.
+    pub(crate) fn next_key(&self) -> u64 {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Add a subscriber (adding the same subscriber twice is a no-op) and, when it is the channel's first, call `on_first` **while the
     /// map is still locked**. Broker calls made from `on_first` / `on_last` (which only
     /// enqueue work) therefore reach the broker in exactly the order the hub changed, so

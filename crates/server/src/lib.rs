@@ -18,6 +18,7 @@ mod request;
 pub mod rpc;
 mod server;
 mod socket;
+mod state;
 mod task;
 pub mod tls;
 mod ws;

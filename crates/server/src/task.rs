@@ -44,12 +44,13 @@ use crate::middleware::{
     Block, HandshakeAction, InboundAction, InboundKind, InboundRawAction, PublishOutAction,
     run_handshake, run_inbound, run_inbound_raw, run_outbound, snapshot,
 };
+use crate::request::StoredRequest;
 use crate::rpc::{HandlerFuture, ReceivedEvent, Request};
-use crate::server::ServerInner;
 use crate::socket::MessageKind;
 use crate::socket::{
     AuthInfo, CloseInfo, Cmd, FRAME_OVERHEAD, Out, Socket, SocketShared, SocketState, free_if_empty,
 };
+use crate::state::ServerState;
 use crate::ws::{ServerWs, WsError, WsMessage};
 
 pub(crate) type Ws = ServerWs;
@@ -169,7 +170,7 @@ struct IoPoll<'a> {
     /// must go out first).
     batch_reads: bool,
     shared: &'a SocketShared,
-    server: &'a ServerInner,
+    server: &'a ServerState,
 }
 
 /// Queue capacity (frames) an emptied write queue may keep without being freed at once.
@@ -290,8 +291,38 @@ impl Future for IoPoll<'_> {
     }
 }
 
+/// Start the task of a freshly upgraded WebSocket (the socket is connecting until its
+/// `#handshake` completes).
+pub(crate) fn spawn(state: &Arc<ServerState>, ws: ServerWs, request: StoredRequest) {
+    let link: std::sync::Weak<ServerState> = Arc::downgrade(state);
+    let shared = Arc::new(SocketShared::new(
+        state.hub.next_key(),
+        request,
+        state.config.limits.max_outbound_queue_bytes,
+        state.config.ack_timeout,
+        link,
+    ));
+    state
+        .stats
+        .connections_accepted
+        .fetch_add(1, Ordering::Relaxed);
+    crate::metrics::connection_accepted();
+    match shared.request.remote_addr() {
+        Some(remote) => {
+            tracing::info!(socket = %shared.id, %remote, "connection accepted");
+        }
+        None => tracing::info!(socket = %shared.id, "connection accepted"),
+    }
+    state.sockets.socket_started();
+    let task = SocketTask::new(state.clone(), shared.clone(), ws);
+    state.emit(ServerEvent::Handshake {
+        socket: Socket { shared },
+    });
+    tokio::spawn(task.run());
+}
+
 pub(crate) struct SocketTask {
-    server: Arc<ServerInner>,
+    server: Arc<ServerState>,
     ws: Ws,
     wstate: WriteState,
     shared: Arc<SocketShared>,
@@ -376,7 +407,7 @@ impl Future for TimerFired<'_> {
 }
 
 impl SocketTask {
-    pub(crate) fn new(server: Arc<ServerInner>, shared: Arc<SocketShared>, ws: Ws) -> Self {
+    pub(crate) fn new(server: Arc<ServerState>, shared: Arc<SocketShared>, ws: Ws) -> Self {
         let cfg = &server.config;
         let now = Instant::now();
         let next_ping = now + cfg.ping_interval;
@@ -1950,7 +1981,7 @@ impl SocketTask {
             })
             .await;
         }
-        self.server.socket_finished();
+        self.server.sockets.socket_finished();
     }
 }
 
