@@ -1,5 +1,5 @@
 //! The socket task's mailbox ([`Outbox`]): outbound frames, bounded in bytes and
-//! buffered while the socket batches (PROTOCOL.md 8.5), and the commands ([`Cmd`]) that
+//! buffered while the socket batches, and the commands ([`Cmd`]) that
 //! [`Socket`](super::Socket) handles send to the task.
 
 use std::collections::VecDeque;

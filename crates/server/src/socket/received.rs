@@ -1,5 +1,5 @@
 //! What a socket received and hands to application code: an invoke to answer
-//! ([`Request`]) and a transmitted event ([`ReceivedEvent`]), PROTOCOL.md 7.2. Both are
+//! ([`Request`]) and a transmitted event ([`ReceivedEvent`]). Both are
 //! re-exported from [`crate::rpc`], where their handlers are.
 
 use serde::Serialize;
