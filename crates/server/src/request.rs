@@ -105,7 +105,7 @@ pub(crate) fn parse_request(
 }
 
 /// A socket's HTTP upgrade request, kept compactly: the raw request head (a few hundred
-/// bytes), parsed again only if somebody asks for it ([`Socket::request`]). A parsed
+/// bytes), parsed again only if somebody asks for it ([`Socket::request`](crate::Socket::request)). A parsed
 /// `HeaderMap` costs about 1 KB per socket, kept for the socket's whole life.
 pub(crate) struct StoredRequest {
     head: Box<[u8]>,

@@ -13,12 +13,12 @@ use tokio::time::Instant;
 use crate::auth::{Claims, is_bad_token, now_ms};
 use crate::config::glob_match;
 use crate::events::{AuthState, ServerEvent};
-use crate::middleware::{Block, InboundKind};
+use crate::middleware::Block;
 use crate::socket::{AuthInfo, SocketState};
 
 use super::SocketTask;
 use super::output::error_object;
-use super::step::After;
+use super::step::{After, Gate, Resume, authenticate_kind, gate, inbound_action};
 
 /// Longest single sleep of the expiry timer (re-checked when it fires).
 const MAX_EXPIRY_SLEEP: Duration = Duration::from_secs(86400);
@@ -60,15 +60,22 @@ impl SocketTask {
                 let signed = outcome.signed.unwrap_or_default();
                 let claims = Arc::new(claims);
                 self.set_auth_quietly(signed.clone(), claims.clone());
-                self.through_inbound(
-                    After::Authenticate { cid, was_auth },
-                    InboundKind::Authenticate {
-                        signed_auth_token: signed,
-                        auth_token: claims,
+                let socket = &self.socket;
+                match gate(
+                    &self.server.middleware.inbound,
+                    (cid, was_auth),
+                    (signed, claims),
+                    |_, (signed, claims)| {
+                        inbound_action(socket, authenticate_kind(signed, claims), None, None)
                     },
-                    None,
-                    None,
-                );
+                    |(cid, was_auth), result| Resume::Inbound {
+                        after: After::Authenticate { cid, was_auth },
+                        result,
+                    },
+                ) {
+                    Gate::Open(((cid, was_auth), _)) => self.authenticated(cid, was_auth),
+                    Gate::Step(step) => self.start_step(step),
+                }
             }
         }
     }

@@ -12,11 +12,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::auth::{VerifyOutcome, is_bad_token};
 use crate::events::ServerEvent;
-use crate::middleware::{Block, HandshakeAction, InboundKind};
+use crate::middleware::{Block, HandshakeAction};
 use crate::socket::SocketState;
 
 use super::SocketTask;
-use super::step::{After, Gate, Resume, gate};
+use super::step::{After, Gate, Resume, authenticate_kind, gate, inbound_action};
 
 impl SocketTask {
     pub(super) fn on_handshake(&mut self, cid: Cid, data: Option<Box<RawValue>>) {
@@ -98,19 +98,28 @@ impl SocketTask {
                 let signed = outcome.signed.unwrap_or_default();
                 let claims = Arc::new(claims);
                 self.set_auth_quietly(signed.clone(), claims.clone());
-                self.through_inbound(
-                    After::HandshakeAuth {
-                        cid,
-                        rehandshake,
-                        was_auth,
+                let socket = &self.socket;
+                match gate(
+                    &self.server.middleware.inbound,
+                    (cid, rehandshake, was_auth),
+                    (signed, claims),
+                    |_, (signed, claims)| {
+                        inbound_action(socket, authenticate_kind(signed, claims), None, None)
                     },
-                    InboundKind::Authenticate {
-                        signed_auth_token: signed,
-                        auth_token: claims,
+                    |(cid, rehandshake, was_auth), result| Resume::Inbound {
+                        after: After::HandshakeAuth {
+                            cid,
+                            rehandshake,
+                            was_auth,
+                        },
+                        result,
                     },
-                    None,
-                    None,
-                );
+                ) {
+                    Gate::Open(((cid, rehandshake, was_auth), _)) => {
+                        self.complete_handshake(cid, None, rehandshake, was_auth)
+                    }
+                    Gate::Step(step) => self.start_step(step),
+                }
             }
             Err(e) => {
                 self.clear_auth_quietly();

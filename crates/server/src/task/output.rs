@@ -11,25 +11,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::events::ServerEvent;
-use crate::middleware::{InboundAction, InboundKind};
 
 use super::SocketTask;
 
 impl SocketTask {
-    pub(super) fn action(
-        &self,
-        kind: InboundKind,
-        data: Option<Box<RawValue>>,
-        expired: Option<ErrorObject>,
-    ) -> InboundAction {
-        InboundAction {
-            socket: self.socket.clone(),
-            kind,
-            data,
-            auth_token_expired_error: expired,
-        }
-    }
-
     pub(super) fn send_text(&self, text: String) {
         self.shared.outbox.push(Utf8Bytes::from(text));
     }

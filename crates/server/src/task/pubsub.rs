@@ -20,7 +20,7 @@ use crate::socket::{FRAME_OVERHEAD, SocketState};
 
 use super::SocketTask;
 use super::output::wire_invalid_action;
-use super::step::{After, Resume};
+use super::step::{After, Gate, Resume, gate, inbound_action};
 
 impl SocketTask {
     pub(super) fn on_publish(
@@ -50,12 +50,25 @@ impl SocketTask {
                 ),
             );
         }
-        self.through_inbound(
-            After::Publish { cid },
-            InboundKind::PublishIn { channel: p.channel },
-            p.data,
-            expired,
-        );
+        let socket = &self.socket;
+        match gate(
+            &self.server.middleware.inbound,
+            (cid, p.channel),
+            (p.data, expired),
+            |(_, channel), (data, expired)| {
+                let kind = InboundKind::PublishIn {
+                    channel: channel.clone(),
+                };
+                inbound_action(socket, kind, data, expired)
+            },
+            |(cid, channel), result| Resume::Inbound {
+                after: After::Publish { cid, channel },
+                result,
+            },
+        ) {
+            Gate::Open(((cid, channel), (data, _))) => self.publish(cid, &channel, data),
+            Gate::Step(step) => self.start_step(step),
+        }
     }
 
     pub(super) fn publish(&mut self, cid: Option<Cid>, channel: &str, data: Option<Box<RawValue>>) {
@@ -105,14 +118,25 @@ impl SocketTask {
                 ),
             );
         }
-        self.through_inbound(
-            After::Subscribe { cid },
-            InboundKind::Subscribe {
-                channel: req.channel,
+        let socket = &self.socket;
+        match gate(
+            &self.server.middleware.inbound,
+            (cid, req.channel),
+            (req.data, expired),
+            |(_, channel), (data, expired)| {
+                let kind = InboundKind::Subscribe {
+                    channel: channel.clone(),
+                };
+                inbound_action(socket, kind, data, expired)
             },
-            req.data,
-            expired,
-        );
+            |(cid, channel), result| Resume::Inbound {
+                after: After::Subscribe { cid, channel },
+                result,
+            },
+        ) {
+            Gate::Open(((cid, channel), _)) => self.subscribe(cid, channel),
+            Gate::Step(step) => self.start_step(step),
+        }
     }
 
     pub(super) fn subscribe(&mut self, cid: Cid, channel: String) {

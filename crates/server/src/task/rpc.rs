@@ -11,7 +11,7 @@ use crate::middleware::InboundKind;
 use crate::rpc::{HandlerFuture, ReceivedEvent, Request};
 
 use super::SocketTask;
-use super::step::After;
+use super::step::{After, Gate, Resume, gate, inbound_action};
 
 impl SocketTask {
     pub(super) fn on_app_event(
@@ -25,7 +25,20 @@ impl SocketTask {
             Some(_) => InboundKind::Invoke { procedure: event },
             None => InboundKind::Transmit { receiver: event },
         };
-        self.through_inbound(After::App { cid }, kind, data, expired);
+        let socket = &self.socket;
+        match gate(
+            &self.server.middleware.inbound,
+            cid,
+            (kind, data, expired),
+            |_, (kind, data, expired)| inbound_action(socket, kind, data, expired),
+            |cid, result| Resume::Inbound {
+                after: After::App { cid },
+                result,
+            },
+        ) {
+            Gate::Open((cid, (kind, data, _))) => self.dispatch(kind, cid, data),
+            Gate::Step(step) => self.start_step(step),
+        }
     }
 
     pub(super) fn dispatch(

@@ -19,12 +19,14 @@ use std::task::{Context, Poll};
 use futures_util::FutureExt;
 use socketcluster_protocol::{Cid, ErrorObject, RawValue, WireError};
 
-use crate::auth::VerifyOutcome;
+use crate::auth::{Claims, VerifyOutcome};
 use crate::broker::{BrokerError, BrokerFuture};
 use crate::middleware::{
     Block, HandshakeAction, HandshakeMiddleware, InboundAction, InboundKind, InboundMiddleware,
     InboundRawAction, InboundRawMiddleware, run_handshake, run_inbound, run_inbound_raw, snapshot,
 };
+
+use crate::socket::Socket;
 
 use super::SocketTask;
 use super::output::error_object;
@@ -81,6 +83,29 @@ impl Chain for dyn InboundRawMiddleware {
     }
 }
 
+/// The action inbound middleware sees.
+pub(super) fn inbound_action(
+    socket: &Socket,
+    kind: InboundKind,
+    data: Option<Box<RawValue>>,
+    expired: Option<ErrorObject>,
+) -> InboundAction {
+    InboundAction {
+        socket: socket.clone(),
+        kind,
+        data,
+        auth_token_expired_error: expired,
+    }
+}
+
+/// The kind of the `authenticate` action of a verified token.
+pub(super) fn authenticate_kind(signed: String, claims: Arc<Claims>) -> InboundKind {
+    InboundKind::Authenticate {
+        signed_auth_token: signed,
+        auth_token: claims,
+    }
+}
+
 /// How a gated action goes on.
 pub(super) enum Gate<T, R> {
     /// No middleware of the kind is registered: the caller goes on with its values.
@@ -118,8 +143,7 @@ where
     Gate::Step(Box::pin(async move { resume(keep, run.await) }))
 }
 
-/// Where an inbound action continues once inbound middleware allowed it (or when there
-/// is none).
+/// Where an inbound action continues once inbound middleware has run over it.
 pub(super) enum After {
     /// The `#handshake`'s token is valid (action `authenticate`).
     HandshakeAuth {
@@ -129,10 +153,10 @@ pub(super) enum After {
     },
     /// `#authenticate` with a valid token.
     Authenticate { cid: Cid, was_auth: bool },
-    /// A client `#publish` (action `publishIn`).
-    Publish { cid: Option<Cid> },
-    /// `#subscribe`.
-    Subscribe { cid: Cid },
+    /// A client `#publish` (action `publishIn`) to `channel`.
+    Publish { cid: Option<Cid>, channel: String },
+    /// `#subscribe` to `channel`.
+    Subscribe { cid: Cid, channel: String },
     /// An invoke or a transmitted event.
     App { cid: Option<Cid> },
 }
@@ -187,51 +211,19 @@ impl Future for StepPoll<'_> {
 }
 
 impl SocketTask {
-    /// Put an inbound action through inbound middleware ([`gate`]), then continue where
-    /// `after` says.
-    #[inline]
-    pub(super) fn through_inbound(
-        &mut self,
-        after: After,
-        kind: InboundKind,
-        data: Option<Box<RawValue>>,
-        expired: Option<ErrorObject>,
-    ) {
-        match gate(
-            &self.server.middleware.inbound,
-            after,
-            (kind, data),
-            |_, (kind, data)| self.action(kind, data, expired),
-            |after, result| Resume::Inbound { after, result },
-        ) {
-            Gate::Open((after, (kind, data))) => self.inbound_allowed(after, kind, data),
-            Gate::Step(step) => self.start_step(step),
-        }
-    }
-
-    /// An inbound action is allowed: with the data as middleware left it (the kind is
-    /// never changed by middleware).
-    #[inline]
-    fn inbound_allowed(&mut self, after: After, kind: InboundKind, data: Option<Box<RawValue>>) {
-        match (after, kind) {
-            (After::App { cid }, kind) => self.dispatch(kind, cid, data),
-            (After::Publish { cid }, InboundKind::PublishIn { channel }) => {
-                self.publish(cid, &channel, data)
-            }
-            (After::Subscribe { cid }, InboundKind::Subscribe { channel }) => {
-                self.subscribe(cid, channel)
-            }
-            (After::Authenticate { cid, was_auth }, _) => self.authenticated(cid, was_auth),
-            (
-                After::HandshakeAuth {
-                    cid,
-                    rehandshake,
-                    was_auth,
-                },
-                _,
-            ) => self.complete_handshake(cid, None, rehandshake, was_auth),
-            // A publish or subscribe continuation always gets its own kind back.
-            (After::Publish { .. } | After::Subscribe { .. }, _) => {}
+    /// Inbound middleware allowed an action: go on where `after` says, with the action
+    /// as the middleware left it.
+    fn inbound_allowed(&mut self, after: After, action: InboundAction) {
+        match after {
+            After::HandshakeAuth {
+                cid,
+                rehandshake,
+                was_auth,
+            } => self.complete_handshake(cid, None, rehandshake, was_auth),
+            After::Authenticate { cid, was_auth } => self.authenticated(cid, was_auth),
+            After::Publish { cid, channel } => self.publish(cid, &channel, action.data),
+            After::Subscribe { cid, channel } => self.subscribe(cid, channel),
+            After::App { cid } => self.dispatch(action.kind, cid, action.data),
         }
     }
 
@@ -250,8 +242,8 @@ impl SocketTask {
                 let auth_error = error_object(block.into_wire("authenticate", "inbound"));
                 return self.complete_handshake(cid, Some(auth_error), rehandshake, was_auth);
             }
-            After::Publish { cid } => (cid, "publishIn"),
-            After::Subscribe { cid } => (Some(cid), "subscribe"),
+            After::Publish { cid, .. } => (cid, "publishIn"),
+            After::Subscribe { cid, .. } => (Some(cid), "subscribe"),
             After::App { cid } => {
                 let action_name = if cid.is_some() { "invoke" } else { "transmit" };
                 (cid, action_name)
@@ -296,7 +288,7 @@ impl SocketTask {
                 result,
             } => self.handshake_middleware_done(cid, outcome, result),
             Resume::Inbound { after, result } => match result {
-                Ok(action) => self.inbound_allowed(after, action.kind, action.data),
+                Ok(action) => self.inbound_allowed(after, action),
                 Err(block) => self.inbound_blocked(after, block),
             },
             Resume::Raw { result } => self.inbound_raw_done(result),

@@ -6,7 +6,8 @@
 //!
 //! * **Reading** goes into a per-thread scratch buffer (16 KiB, borrowed only inside one
 //!   synchronous poll). Every complete frame in it is parsed and its payload unmasked
-//!   and copied into an owned [`Bytes`] / [`Utf8Bytes`]. Only the bytes that cannot be
+//!   and copied into an owned [`Bytes`](bytes::Bytes) /
+//!   [`Utf8Bytes`](tokio_tungstenite::tungstenite::Utf8Bytes). Only the bytes that cannot be
 //!   handed out in this call (the rest of a partial frame, or complete frames after the
 //!   message being returned) are copied into a per-socket buffer, which is freed as
 //!   soon as it has been consumed. A partial frame whose header announces a large
