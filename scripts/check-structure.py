@@ -115,11 +115,6 @@ def module_of(path: Path, src_dir: Path) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def is_dir_module(path: Path) -> bool:
-    """Whether a file can have child modules in its own directory (`mod.rs`, roots)."""
-    return path.name in ("mod.rs", "lib.rs", "main.rs")
-
-
 USE_RE = re.compile(r"\buse\s+([^;]*);", re.S)
 PATH_RE = re.compile(r"(?<![\w$])(crate|super|self)((?:\s*::\s*(?:r#)?[A-Za-z_]\w*)+)")
 
@@ -305,8 +300,8 @@ def check_crate(crate_dir: Path, max_lines: int) -> tuple[list[str], list[str], 
     edges: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
     for p in files:
         here = module_of(p, src_dir)
-        # `self::x` / `super::x` are relative to the file's module; for a non-mod.rs
-        # file, its own children live in a directory of its name (also a module).
+        # `self::x` / `super::x` are relative to the file's module (the children of
+        # `foo.rs` live in `foo/`, like those of `foo/mod.rs`).
         for segs in references(codes[p]):
             dst = resolve(segs, here, modules)
             if dst is not None and dst != here:

@@ -25,7 +25,6 @@ use crate::middleware::{
     Block, HandshakeAction, HandshakeMiddleware, InboundAction, InboundKind, InboundMiddleware,
     InboundRawAction, InboundRawMiddleware, run_handshake, run_inbound, run_inbound_raw, snapshot,
 };
-
 use crate::socket::Socket;
 
 use super::SocketTask;
