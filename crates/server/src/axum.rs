@@ -30,8 +30,9 @@ use axum::routing::MethodRouter;
 use hyper_util::rt::TokioIo;
 
 use crate::listener::{HttpReject, authorize, check_upgrade, reason_phrase};
-use crate::middleware::HandshakeRequest;
-use crate::server::{Io, Server};
+use crate::request::HandshakeRequest;
+use crate::server::Server;
+use crate::ws::Io;
 
 /// A `GET` route serving SocketCluster WebSocket upgrades.
 pub fn route<S: Clone + Send + Sync + 'static>(server: Server) -> MethodRouter<S> {
@@ -56,7 +57,7 @@ fn reject(r: HttpReject) -> Response {
 
 /// Handle one upgrade request (for custom routing; [`route`] calls this).
 pub async fn upgrade(server: Server, mut req: Request) -> Response {
-    let inner = server.inner.clone();
+    let state = server.state.clone();
     let remote_addr = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -68,7 +69,7 @@ pub async fn upgrade(server: Server, mut req: Request) -> Response {
         remote_addr,
         secure: false,
     };
-    if inner.shutdown.is_cancelled() {
+    if state.shutdown.is_cancelled() {
         return reject(HttpReject {
             status: 503,
             body: "Server is shutting down".into(),
@@ -80,17 +81,17 @@ pub async fn upgrade(server: Server, mut req: Request) -> Response {
         Err(r) => return reject(r),
     };
     let hreq = Arc::new(hreq);
-    if let Err(r) = authorize(&inner, &hreq).await {
+    if let Err(r) = authorize(&state, &hreq).await {
         return reject(r);
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let max_payload = inner.config.limits.max_payload;
+    let max_payload = state.config.limits.max_payload;
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io: Box<dyn Io> = Box::new(TokioIo::new(upgraded));
                 let ws = crate::ws::ServerWs::new(io, Vec::new(), max_payload);
-                inner.start_socket(ws, crate::socket::StoredRequest::parsed(hreq));
+                crate::task::spawn(&state, ws, crate::request::StoredRequest::parsed(hreq));
             }
             Err(e) => tracing::debug!(error = %e, "HTTP upgrade failed"),
         }

@@ -40,14 +40,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
-use crate::channel::{ChannelHub, Publication};
-
-/// A broker operation failed. Its message is embedded in the JS-compatible
-/// `BrokerError` sent to the client (`Failed to subscribe socket to the <ch> channel -
-/// <message>`).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct BrokerError(pub String);
+use crate::channel::Publication;
+pub use crate::error::BrokerError;
+use crate::hub::ChannelHub;
 
 /// Future returned by broker operations.
 pub type BrokerFuture = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send + 'static>>;

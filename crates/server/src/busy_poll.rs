@@ -53,7 +53,7 @@ impl Spin {
     }
 }
 
-/// The server's busy-poll state (one per server, owned by `ServerInner`).
+/// The server's busy-poll state (one per server, owned by `ServerState`).
 pub(crate) struct BusyPoll {
     spin: Arc<Spin>,
 }

@@ -2,9 +2,6 @@
 
 use socketcluster_protocol::WireError;
 
-use crate::auth::SignError;
-use crate::broker::BrokerError;
-
 /// Invalid configuration (detected by [`crate::Server::new`]).
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -129,3 +126,15 @@ pub enum KickOutError {
     #[error("the socket is not open")]
     NotOpen,
 }
+
+/// Why signing failed (the JS server then closes the socket with 4002).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct SignError(pub String);
+
+/// A broker operation failed. Its message is embedded in the JS-compatible
+/// `BrokerError` sent to the client (`Failed to subscribe socket to the <ch> channel -
+/// <message>`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct BrokerError(pub String);

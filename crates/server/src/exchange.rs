@@ -11,9 +11,10 @@ use socketcluster_protocol::RawValue;
 use tokio::sync::mpsc;
 
 use crate::broker::BrokerError;
-use crate::channel::{ExchangeSink, Publication, Subscriber};
+use crate::channel::Publication;
 use crate::error::PublishError;
-use crate::server::ServerInner;
+use crate::hub::{ExchangeSink, Subscriber};
+use crate::state::ServerState;
 
 /// Capacity of an exchange subscription's queue; when a consumer falls this far behind,
 /// further publications are dropped for it and counted in
@@ -34,7 +35,7 @@ pub const EXCHANGE_SUBSCRIPTION_CAPACITY: usize = 1024;
 /// ```
 #[derive(Clone)]
 pub struct Exchange {
-    pub(crate) inner: Arc<ServerInner>,
+    pub(crate) state: Arc<ServerState>,
 }
 
 impl Exchange {
@@ -56,12 +57,12 @@ impl Exchange {
         data: Option<Box<RawValue>>,
     ) -> Result<(), PublishError> {
         let p = Publication::new(channel, data);
-        self.inner
+        self.state
             .stats
             .publications
             .fetch_add(1, Ordering::Relaxed);
         crate::metrics::publication_in("server");
-        self.inner.broker.publish(p).await?;
+        self.state.broker.publish(p).await?;
         Ok(())
     }
 
@@ -70,13 +71,13 @@ impl Exchange {
     pub async fn subscribe(&self, channel: &str) -> Result<ExchangeSubscription, BrokerError> {
         let (tx, rx) = mpsc::channel(EXCHANGE_SUBSCRIPTION_CAPACITY);
         let sink = Arc::new(ExchangeSink {
-            key: self.inner.next_key(),
+            key: self.state.hub.next_key(),
             tx,
             dropped: AtomicU64::new(0),
         });
-        let broker = &self.inner.broker;
+        let broker = &self.state.broker;
         let first = self
-            .inner
+            .state
             .hub
             .add_then(channel, Subscriber::Exchange(sink.clone()), || {
                 broker.subscribe(channel)
@@ -84,25 +85,25 @@ impl Exchange {
         if let Some(fut) = first
             && let Err(e) = fut.await
         {
-            self.inner.hub.remove(channel, sink.key);
+            self.state.hub.remove(channel, sink.key);
             return Err(e);
         }
         Ok(ExchangeSubscription {
             channel: channel.to_owned(),
             rx,
             sink,
-            inner: self.inner.clone(),
+            state: self.state.clone(),
         })
     }
 
     /// Whether an exchange subscription exists for the channel on this server.
     pub fn is_subscribed(&self, channel: &str) -> bool {
-        self.inner.hub.has_exchange_subscriber(channel)
+        self.state.hub.has_exchange_subscriber(channel)
     }
 
     /// Channels with at least one exchange subscription on this server.
     pub fn subscriptions(&self) -> Vec<String> {
-        self.inner
+        self.state
             .hub
             .channels()
             .into_iter()
@@ -117,7 +118,7 @@ pub struct ExchangeSubscription {
     channel: String,
     rx: mpsc::Receiver<Arc<Publication>>,
     sink: Arc<ExchangeSink>,
-    inner: Arc<ServerInner>,
+    state: Arc<ServerState>,
 }
 
 impl ExchangeSubscription {
@@ -146,9 +147,9 @@ impl Stream for ExchangeSubscription {
 
 impl Drop for ExchangeSubscription {
     fn drop(&mut self) {
-        let broker = &self.inner.broker;
+        let broker = &self.state.broker;
         let (_, last) = self
-            .inner
+            .state
             .hub
             .remove_then(&self.channel, self.sink.key, || {
                 broker.unsubscribe(&self.channel)

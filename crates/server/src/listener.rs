@@ -9,15 +9,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderMap, Method};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::middleware::{Block, HandshakeRequest, run_handshake_ws, snapshot};
-use crate::server::{Io, ServerInner};
-use crate::socket::StoredRequest;
-use crate::ws::ServerWs;
+use crate::middleware::{Block, run_handshake_ws, snapshot};
+use crate::request::{HandshakeRequest, StoredRequest, parse_request};
+use crate::state::ServerState;
+use crate::ws::{Io, ServerWs};
 
 /// An HTTP refusal of an upgrade request.
 #[derive(Debug, Clone)]
@@ -135,10 +135,10 @@ pub(crate) fn check_upgrade(path: &str, req: &HandshakeRequest) -> Result<Upgrad
 
 /// `handshakeWS` middleware (401) then origin check (403), in the JS order.
 pub(crate) async fn authorize(
-    inner: &ServerInner,
+    state: &ServerState,
     req: &Arc<HandshakeRequest>,
 ) -> Result<(), HttpReject> {
-    let chain = snapshot(&inner.middleware.handshake_ws);
+    let chain = snapshot(&state.middleware.handshake_ws);
     if !chain.is_empty()
         && let Err(block) = run_handshake_ws(chain, req.clone()).await
     {
@@ -154,7 +154,7 @@ pub(crate) async fn authorize(
         Some(o) if o != "null" => o.to_owned(),
         _ => "*".to_owned(),
     };
-    if !origin_allowed(&inner.config.origins, &origin) {
+    if !origin_allowed(&state.config.origins, &origin) {
         let msg = format!("Failed to authorize socket handshake - Invalid origin: {origin}");
         tracing::warn!(origin = %origin, "ServerProtocolError: invalid origin");
         return Err(HttpReject::new(403, msg));
@@ -207,11 +207,11 @@ fn parse_origin(origin: &str) -> (String, String) {
 
 /// Accept connections until the server shuts down.
 pub(crate) async fn accept_loop(
-    inner: Arc<ServerInner>,
+    state: Arc<ServerState>,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let cancel = inner.shutdown.clone();
+    let cancel = state.shutdown.clone();
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -219,9 +219,9 @@ pub(crate) async fn accept_loop(
         };
         match accepted {
             Ok((stream, addr)) => {
-                let inner = inner.clone();
+                let state = state.clone();
                 let tls = tls.clone();
-                tokio::spawn(async move { handle_tcp(inner, stream, addr, tls).await });
+                tokio::spawn(async move { handle_tcp(state, stream, addr, tls).await });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -232,13 +232,13 @@ pub(crate) async fn accept_loop(
 }
 
 async fn handle_tcp(
-    inner: Arc<ServerInner>,
+    state: Arc<ServerState>,
     stream: TcpStream,
     addr: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let _ = stream.set_nodelay(true);
-    let deadline = inner.config.handshake_timeout;
+    let deadline = state.config.handshake_timeout;
     let (io, secure): (Box<dyn Io>, bool) = match tls {
         Some(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
             Ok(Ok(s)) => (Box::new(s), true),
@@ -250,7 +250,7 @@ async fn handle_tcp(
         },
         None => (Box::new(stream), false),
     };
-    http_upgrade(inner, io, Some(addr), secure).await;
+    http_upgrade(state, io, Some(addr), secure).await;
 }
 
 /// Read the request head; returns its length (including the blank line).
@@ -275,36 +275,8 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
-pub(crate) fn parse_request(
-    head: &[u8],
-    addr: Option<SocketAddr>,
-    secure: bool,
-) -> Option<HandshakeRequest> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return None,
-    }
-    let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
-    let uri: Uri = req.path?.parse().ok()?;
-    let mut map = HeaderMap::new();
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
-        map.append(name, value);
-    }
-    Some(HandshakeRequest {
-        method,
-        uri,
-        headers: map,
-        remote_addr: addr,
-        secure,
-    })
-}
-
-async fn reject(io: &mut Box<dyn Io>, inner: &ServerInner, r: HttpReject) {
-    inner.stats.http_rejections.fetch_add(1, Ordering::Relaxed);
+async fn reject(io: &mut Box<dyn Io>, state: &ServerState, r: HttpReject) {
+    state.stats.http_rejections.fetch_add(1, Ordering::Relaxed);
     tracing::info!(status = r.status, "handshake rejected");
     let _ = io.write_all(r.encode().as_bytes()).await;
     let _ = io.flush().await;
@@ -313,15 +285,15 @@ async fn reject(io: &mut Box<dyn Io>, inner: &ServerInner, r: HttpReject) {
 
 /// Perform the HTTP upgrade on a raw connection and start the socket.
 pub(crate) async fn http_upgrade(
-    inner: Arc<ServerInner>,
+    state: Arc<ServerState>,
     mut io: Box<dyn Io>,
     addr: Option<SocketAddr>,
     secure: bool,
 ) {
     let mut buf = Vec::with_capacity(1024);
-    let max = inner.config.limits.max_http_header_bytes;
+    let max = state.config.limits.max_http_header_bytes;
     let head_len = match tokio::time::timeout(
-        inner.config.handshake_timeout,
+        state.config.handshake_timeout,
         read_head(&mut io, &mut buf, max),
     )
     .await
@@ -330,7 +302,7 @@ pub(crate) async fn http_upgrade(
         Ok(Err(431)) => {
             return reject(
                 &mut io,
-                &inner,
+                &state,
                 HttpReject::new(431, "Request Header Fields Too Large"),
             )
             .await;
@@ -338,26 +310,26 @@ pub(crate) async fn http_upgrade(
         _ => return,
     };
     let Some(req) = parse_request(&buf[..head_len], addr, secure) else {
-        return reject(&mut io, &inner, HttpReject::new(400, "Bad Request")).await;
+        return reject(&mut io, &state, HttpReject::new(400, "Bad Request")).await;
     };
     if !is_upgrade_request(&req.headers) {
-        return reject(&mut io, &inner, HttpReject::new(501, "Not Implemented")).await;
+        return reject(&mut io, &state, HttpReject::new(501, "Not Implemented")).await;
     }
-    if inner.shutdown.is_cancelled() {
+    if state.shutdown.is_cancelled() {
         return reject(
             &mut io,
-            &inner,
+            &state,
             HttpReject::new(503, "Server is shutting down"),
         )
         .await;
     }
-    let ok = match check_upgrade(&inner.config.path, &req) {
+    let ok = match check_upgrade(&state.config.path, &req) {
         Ok(ok) => ok,
-        Err(r) => return reject(&mut io, &inner, r).await,
+        Err(r) => return reject(&mut io, &state, r).await,
     };
     let req = Arc::new(req);
-    if let Err(r) = authorize(&inner, &req).await {
-        return reject(&mut io, &inner, r).await;
+    if let Err(r) = authorize(&state, &req).await {
+        return reject(&mut io, &state, r).await;
     }
     let mut resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
@@ -373,13 +345,13 @@ pub(crate) async fn http_upgrade(
         return;
     }
     let leftover = buf.split_off(head_len);
-    let ws = ServerWs::new(io, leftover, inner.config.limits.max_payload);
+    let ws = ServerWs::new(io, leftover, state.config.limits.max_payload);
     // Keep the compact raw head unless middleware kept the parsed request anyway.
     let stored = match Arc::try_unwrap(req) {
         Ok(_) => StoredRequest::raw(buf.into_boxed_slice(), addr, secure),
         Err(shared) => StoredRequest::parsed(shared),
     };
-    inner.start_socket(ws, stored);
+    crate::task::spawn(&state, ws, stored);
 }
 
 #[cfg(test)]

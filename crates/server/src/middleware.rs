@@ -30,89 +30,20 @@
 //! ```
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::{HeaderMap, Method, Uri};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use socketcluster_protocol::{ErrorObject, RawValue, WireError};
 
 use crate::auth::Claims;
+pub use crate::request::HandshakeRequest;
 use crate::socket::Socket;
 
 /// Boxed future returned by middleware.
 pub type MiddlewareFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// The HTTP upgrade request of a socket.
-#[derive(Clone, Debug)]
-pub struct HandshakeRequest {
-    /// HTTP method.
-    pub method: Method,
-    /// Request URI (path and query).
-    pub uri: Uri,
-    /// Request headers.
-    pub headers: HeaderMap,
-    /// Peer address, when known.
-    pub remote_addr: Option<SocketAddr>,
-    /// Whether the connection uses TLS.
-    pub secure: bool,
-}
-
-impl HandshakeRequest {
-    /// The first value of a query parameter (URL-decoded).
-    pub fn query_param(&self, name: &str) -> Option<String> {
-        let q = self.uri.query()?;
-        url_form_pairs(q)
-            .into_iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
-    }
-
-    /// The `Origin` header.
-    pub fn origin(&self) -> Option<&str> {
-        self.headers
-            .get(http::header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
-    }
-}
-
-fn url_form_pairs(q: &str) -> Vec<(String, String)> {
-    fn dec(s: &str) -> String {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            match b[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < b.len() => {
-                    let h = std::str::from_utf8(&b[i + 1..i + 3])
-                        .ok()
-                        .and_then(|h| u8::from_str_radix(h, 16).ok());
-                    match h {
-                        Some(v) => {
-                            out.push(v);
-                            i += 2;
-                        }
-                        None => out.push(b'%'),
-                    }
-                }
-                c => out.push(c),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (dec(k), dec(v)),
-            None => (dec(p), String::new()),
-        })
-        .collect()
-}
 
 /// How a middleware blocks an action.
 #[derive(Clone, Debug)]
@@ -532,17 +463,4 @@ pub(crate) async fn run_handshake_ws(
         m.handshake_ws(request.clone()).await?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_params_are_decoded() {
-        let pairs = url_form_pairs("token=abc&list=x&list=y&sp=a+b%21&bad=%zz");
-        assert_eq!(pairs[0], ("token".into(), "abc".into()));
-        assert_eq!(pairs[3], ("sp".into(), "a b!".into()));
-        assert_eq!(pairs[4], ("bad".into(), "%zz".into()));
-    }
 }

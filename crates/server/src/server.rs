@@ -1,175 +1,35 @@
 //! The [`Server`] handle.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use socketcluster_protocol::{ErrorObject, WireError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, broadcast, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 
 use crate::auth::{AuthConfig, AuthEngine, Claims, SignError, SignOptions};
 use crate::broker::{Broker, Delivery, LocalBroker};
-use crate::channel::ChannelHub;
 use crate::config::ServerConfig;
 use crate::error::{ConfigError, ServerError};
-use crate::events::{ServerEvent, ServerEvents, Stats, StatsSnapshot};
+use crate::events::{ServerEvents, StatsSnapshot};
 use crate::exchange::Exchange;
+use crate::hub::ChannelHub;
 use crate::middleware::{
     HandshakeMiddleware, HandshakeWsMiddleware, InboundMiddleware, InboundRawMiddleware,
-    Middlewares, OutboundMiddleware, push,
+    OutboundMiddleware, push,
 };
 use crate::rpc::{
-    EventStream, Handlers, ProcedureHandler, ReceiverHandler, RequestStream, STREAM_CAPACITY,
+    EventStream, ProcedureHandler, ReceiverHandler, RequestStream, STREAM_CAPACITY,
     StreamProcedure, StreamReceiver, TypedProcedure,
 };
-use crate::socket::{Outbox, Socket, SocketShared, SocketState, View};
-use crate::task::SocketTask;
-
-/// Any byte stream a WebSocket can run on (TCP, TLS, an HTTP upgrade).
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
-
-/// Process-wide counter mixed into socket ids (like the JS `base64id`).
-static ID_SEQUENCE: AtomicU32 = AtomicU32::new(0);
-
-/// A 20-character socket id: 12 random bytes + a 3-byte sequence, base64url.
-pub(crate) fn generate_socket_id() -> String {
-    let mut bytes = [0u8; 15];
-    rand::fill(&mut bytes[..12]);
-    let seq = ID_SEQUENCE.fetch_add(1, Ordering::Relaxed).to_be_bytes();
-    bytes[12..].copy_from_slice(&seq[1..]);
-    URL_SAFE.encode(bytes)
-}
-
-pub(crate) struct ServerInner {
-    pub(crate) config: ServerConfig,
-    auth: RwLock<Arc<AuthEngine>>,
-    pub(crate) hub: Arc<ChannelHub>,
-    pub(crate) broker: Arc<dyn Broker>,
-    pub(crate) handlers: Handlers,
-    pub(crate) middleware: Middlewares,
-    clients: RwLock<HashMap<Arc<str>, Socket>>,
-    pending: AtomicUsize,
-    live: AtomicUsize,
-    idle: Notify,
-    events: broadcast::Sender<ServerEvent>,
-    pub(crate) stats: Stats,
-    pub(crate) shutdown: CancellationToken,
-    /// Opt-in busy polling ([`ServerConfig::busy_poll`]).
-    pub(crate) busy_poll: Option<crate::busy_poll::BusyPoll>,
-    local_addr: Mutex<Option<SocketAddr>>,
-    next_key: AtomicU64,
-    self_ref: OnceLock<std::sync::Weak<ServerInner>>,
-}
-
-impl ServerInner {
-    pub(crate) fn auth_engine(&self) -> Arc<AuthEngine> {
-        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub(crate) fn emit(&self, ev: ServerEvent) {
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(ev);
-        }
-    }
-
-    pub(crate) fn next_key(&self) -> u64 {
-        self.next_key.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub(crate) fn socket_opened(&self, socket: &Socket) {
-        self.pending.fetch_sub(1, Ordering::Relaxed);
-        self.stats
-            .handshakes_completed
-            .fetch_add(1, Ordering::Relaxed);
-        crate::metrics::handshake_completed();
-        self.clients
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(socket.shared.id.clone(), socket.clone());
-    }
-
-    pub(crate) fn socket_closed(&self, socket: &Socket, prev: SocketState) {
-        match prev {
-            SocketState::Open => {
-                self.clients
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&socket.shared.id);
-            }
-            SocketState::Connecting => {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-            }
-            SocketState::Closed => {}
-        }
-    }
-
-    pub(crate) fn socket_finished(&self) {
-        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle.notify_waiters();
-        }
-    }
-
-    /// Start the tasks of a freshly upgraded WebSocket.
-    pub(crate) fn start_socket(
-        &self,
-        ws: crate::ws::ServerWs,
-        request: crate::socket::StoredRequest,
-    ) {
-        let Some(this) = self.self_ref.get().and_then(std::sync::Weak::upgrade) else {
-            return;
-        };
-        let outbox = Outbox::new(self.config.limits.max_outbound_queue_bytes);
-        let shared = Arc::new(SocketShared {
-            key: self.next_key(),
-            id: Arc::from(generate_socket_id()),
-            request,
-            outbox,
-            view: Mutex::new(View {
-                state: SocketState::Connecting,
-                auth: None,
-                channels: HashMap::new(),
-                channel_seq: 0,
-                streams: None,
-            }),
-            outbound_mw: OnceLock::new(),
-            closed: OnceLock::new(),
-            closed_notify: tokio::sync::Notify::new(),
-            ack_timeout: self.config.ack_timeout,
-            server: Arc::downgrade(&this),
-            app_batching: std::sync::atomic::AtomicBool::new(false),
-            has_streams: std::sync::atomic::AtomicBool::new(false),
-        });
-        self.stats
-            .connections_accepted
-            .fetch_add(1, Ordering::Relaxed);
-        crate::metrics::connection_accepted();
-        match shared.request.remote_addr() {
-            Some(remote) => {
-                tracing::info!(socket = %shared.id, %remote, "connection accepted");
-            }
-            None => tracing::info!(socket = %shared.id, "connection accepted"),
-        }
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        self.live.fetch_add(1, Ordering::AcqRel);
-        let task = SocketTask::new(this.clone(), shared.clone(), ws);
-        self.emit(ServerEvent::Handshake {
-            socket: Socket { shared },
-        });
-        tokio::spawn(task.run());
-    }
-}
+use crate::socket::Socket;
+use crate::state::ServerState;
 
 /// A SocketCluster server. Cheap to clone (an `Arc`).
 ///
@@ -199,7 +59,10 @@ impl ServerInner {
 /// ```
 #[derive(Clone)]
 pub struct Server {
-    pub(crate) inner: Arc<ServerInner>,
+    /// What the server's running parts share.
+    pub(crate) state: Arc<ServerState>,
+    /// The address of the built-in listener, once it listens.
+    local_addr: Arc<Mutex<Option<SocketAddr>>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -237,31 +100,10 @@ impl Server {
         let auth = AuthEngine::new(&config.auth)?;
         let hub = Arc::new(ChannelHub::default());
         broker.attach(Delivery::new(hub.clone()));
-        let (events, _) = broadcast::channel(config.event_buffer.max(16));
-        let inner = Arc::new(ServerInner {
-            auth: RwLock::new(Arc::new(auth)),
-            hub,
-            broker,
-            handlers: Handlers::default(),
-            middleware: Middlewares::default(),
-            clients: RwLock::new(HashMap::new()),
-            pending: AtomicUsize::new(0),
-            live: AtomicUsize::new(0),
-            idle: Notify::new(),
-            events,
-            stats: Stats::default(),
-            shutdown: CancellationToken::new(),
-            busy_poll: config
-                .busy_poll
-                .filter(|w| !w.is_zero())
-                .map(crate::busy_poll::BusyPoll::new),
-            local_addr: Mutex::new(None),
-            next_key: AtomicU64::new(1),
-            self_ref: OnceLock::new(),
-            config,
-        });
-        let _ = inner.self_ref.set(Arc::downgrade(&inner));
-        Ok(Server { inner })
+        Ok(Server {
+            state: Arc::new(ServerState::new(config, auth, hub, broker)),
+            local_addr: Arc::new(Mutex::new(None)),
+        })
     }
 
     /// Create the server and listen on `config.host:config.port` (port 0 picks a free
@@ -282,7 +124,7 @@ impl Server {
 
     /// Bind `config.host:config.port` and accept connections in the background.
     pub async fn listen(&self) -> Result<SocketAddr, ServerError> {
-        let cfg = &self.inner.config;
+        let cfg = &self.state.config;
         let listener = TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
         self.serve(listener)
     }
@@ -290,19 +132,15 @@ impl Server {
     /// Accept connections from an already bound listener, in the background.
     pub fn serve(&self, listener: TcpListener) -> Result<SocketAddr, ServerError> {
         let addr = listener.local_addr()?;
-        *self
-            .inner
-            .local_addr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(addr);
+        *self.local_addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
         let tls = self
-            .inner
+            .state
             .config
             .tls
             .clone()
             .map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(crate::listener::accept_loop(
-            self.inner.clone(),
+            self.state.clone(),
             listener,
             tls,
         ));
@@ -311,16 +149,12 @@ impl Server {
 
     /// The address the built-in listener is bound to.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        *self
-            .inner
-            .local_addr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        *self.local_addr.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
-        &self.inner.config
+        &self.state.config
     }
 
     /// Serve one connection whose bytes were already accepted (and, for TLS, decrypted)
@@ -330,9 +164,9 @@ impl Server {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let inner = self.inner.clone();
+        let state = self.state.clone();
         tokio::spawn(crate::listener::http_upgrade(
-            inner,
+            state,
             Box::new(io),
             remote_addr,
             secure,
@@ -351,7 +185,7 @@ impl Server {
     /// });
     /// ```
     pub fn procedure<H: ProcedureHandler>(&self, name: &str, handler: H) {
-        self.inner
+        self.state
             .handlers
             .procedures
             .write()
@@ -387,7 +221,7 @@ impl Server {
 
     /// Remove a procedure handler.
     pub fn remove_procedure(&self, name: &str) {
-        self.inner
+        self.state
             .handlers
             .procedures
             .write()
@@ -404,7 +238,7 @@ impl Server {
 
     /// Register the handler of transmitted events of a name.
     pub fn receiver<H: ReceiverHandler>(&self, name: &str, handler: H) {
-        self.inner
+        self.state
             .handlers
             .receivers
             .write()
@@ -423,30 +257,30 @@ impl Server {
 
     /// Add HTTP-level handshake middleware (JS `handshakeWS`).
     pub fn add_handshake_ws_middleware<M: HandshakeWsMiddleware>(&self, m: M) {
-        push(&self.inner.middleware.handshake_ws, Arc::new(m));
+        push(&self.state.middleware.handshake_ws, Arc::new(m));
     }
 
     /// Add SocketCluster handshake middleware (JS `handshakeSC`).
     pub fn add_handshake_middleware<M: HandshakeMiddleware>(&self, m: M) {
-        push(&self.inner.middleware.handshake, Arc::new(m));
+        push(&self.state.middleware.handshake, Arc::new(m));
     }
 
     /// Add inbound middleware (transmit, invoke, subscribe, publishIn, authenticate).
     pub fn add_inbound_middleware<M: InboundMiddleware>(&self, m: M) {
-        push(&self.inner.middleware.inbound, Arc::new(m));
+        push(&self.state.middleware.inbound, Arc::new(m));
     }
 
     /// Add inbound raw middleware (JS `inboundRaw`): sees every inbound message as
     /// received, before decoding, and may drop or replace it
     /// ([`crate::middleware::InboundRawMiddleware`]).
     pub fn add_inbound_raw_middleware<M: InboundRawMiddleware>(&self, m: M) {
-        push(&self.inner.middleware.inbound_raw, Arc::new(m));
+        push(&self.state.middleware.inbound_raw, Arc::new(m));
     }
 
     /// Add outbound middleware (publishOut). Applies to sockets that complete their
     /// handshake after it is added.
     pub fn add_outbound_middleware<M: OutboundMiddleware>(&self, m: M) {
-        push(&self.inner.middleware.outbound, Arc::new(m));
+        push(&self.state.middleware.outbound, Arc::new(m));
     }
 
     // ------------------------------------------------------------------ pub/sub, auth
@@ -454,7 +288,7 @@ impl Server {
     /// Server-side publish/subscribe.
     pub fn exchange(&self) -> Exchange {
         Exchange {
-            inner: self.inner.clone(),
+            state: self.state.clone(),
         }
     }
 
@@ -465,21 +299,21 @@ impl Server {
         options: &SignOptions,
     ) -> Result<String, SignError> {
         match serde_json::to_value(claims) {
-            Ok(Value::Object(m)) => self.inner.auth_engine().sign(m, options),
+            Ok(Value::Object(m)) => self.state.auth_engine().sign(m, options),
             _ => Err(SignError("the claims must be a JSON object".into())),
         }
     }
 
     /// Verify a token like a handshake would (the error is the wire auth error).
     pub fn verify_token(&self, token: &str) -> Result<Claims, Box<ErrorObject>> {
-        self.inner.auth_engine().verify(token).map(|v| v.claims)
+        self.state.auth_engine().verify(token).map(|v| v.claims)
     }
 
     /// Replace the JWT keys at runtime (JS: assigning `signatureKey`/`verificationKey`).
     /// Tokens signed with the old key stop verifying.
     pub fn set_auth(&self, auth: &AuthConfig) -> Result<(), ConfigError> {
         let engine = AuthEngine::new(auth)?;
-        *self.inner.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(engine);
+        self.state.set_auth_engine(engine);
         Ok(())
     }
 
@@ -487,42 +321,27 @@ impl Server {
 
     /// A `Stream` of server events (bounded broadcast).
     pub fn events(&self) -> ServerEvents {
-        ServerEvents::new(self.inner.events.subscribe())
+        self.state.events()
     }
 
     /// Number of open (handshake completed) sockets (JS `clientsCount`).
     pub fn clients_count(&self) -> usize {
-        self.inner
-            .clients
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.state.sockets.open_count()
     }
 
     /// Number of sockets waiting for their handshake (JS `pendingClientsCount`).
     pub fn pending_clients_count(&self) -> usize {
-        self.inner.pending.load(Ordering::Relaxed)
+        self.state.sockets.pending_count()
     }
 
     /// The open sockets.
     pub fn clients(&self) -> Vec<Socket> {
-        self.inner
-            .clients
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.state.sockets.open()
     }
 
     /// An open socket by id.
     pub fn socket(&self, id: &str) -> Option<Socket> {
-        self.inner
-            .clients
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
+        self.state.sockets.get(id)
     }
 
     /// Descriptions of the open sockets (for an admin API).
@@ -544,7 +363,7 @@ impl Server {
 
     /// Channels with at least one local subscriber.
     pub fn channels(&self) -> Vec<ChannelInfo> {
-        self.inner
+        self.state
             .hub
             .channels()
             .into_iter()
@@ -558,10 +377,10 @@ impl Server {
 
     /// Counters.
     pub fn stats(&self) -> StatsSnapshot {
-        let mut s = self.inner.stats.snapshot();
+        let mut s = self.state.stats.snapshot();
         s.clients = self.clients_count();
         s.pending_clients = self.pending_clients_count();
-        s.channels = self.inner.hub.len();
+        s.channels = self.state.hub.len();
         s
     }
 
@@ -573,26 +392,17 @@ impl Server {
     pub async fn shutdown(&self) {
         // Every socket task (open or still handshaking) watches this token and closes
         // with 1001.
-        self.inner.shutdown.cancel();
-        if let Some(bp) = &self.inner.busy_poll {
+        self.state.shutdown.cancel();
+        if let Some(bp) = &self.state.busy_poll {
             bp.stop();
         }
-        let wait = self.inner.config.limits.close_timeout + Duration::from_secs(1);
-        let _ = tokio::time::timeout(wait, async {
-            loop {
-                let idle = self.inner.idle.notified();
-                if self.inner.live.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                idle.await;
-            }
-        })
-        .await;
+        let wait = self.state.config.limits.close_timeout + Duration::from_secs(1);
+        let _ = tokio::time::timeout(wait, self.state.sockets.all_finished()).await;
     }
 
     /// Whether [`Server::shutdown`] was called.
     pub fn is_shut_down(&self) -> bool {
-        self.inner.shutdown.is_cancelled()
+        self.state.shutdown.is_cancelled()
     }
 }
 
@@ -622,21 +432,4 @@ pub struct ChannelInfo {
     pub subscribers: usize,
     /// Local exchange subscriptions.
     pub exchange_subscribers: usize,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn socket_ids_look_like_the_js_ones() {
-        let a = generate_socket_id();
-        let b = generate_socket_id();
-        assert_eq!(a.len(), 20);
-        assert_ne!(a, b);
-        assert!(
-            a.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-        );
-    }
 }

@@ -1,0 +1,176 @@
+//! Message assembly on top of the framing: text and binary messages from one or more
+//! frames (continuation frames accumulated while a message is incomplete), UTF-8
+//! validation of text messages, and the classification of control frames (the
+//! stream layer answers pings and closes).
+
+use bytes::Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::frame::{Header, OP_BINARY, OP_CONT, OP_PING, OP_PONG, OP_TEXT, WsError, parse_close};
+
+/// One complete WebSocket message (pings and pongs are handled inside
+/// [`ServerWs`](super::ServerWs)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WsMessage {
+    /// A text message (valid UTF-8).
+    Text(Utf8Bytes),
+    /// A binary message.
+    Binary(Bytes),
+    /// A close frame: its code and reason, `None` when it had no payload.
+    Close(Option<(u16, String)>),
+}
+
+/// A fragmented message being received.
+struct Frag {
+    /// Whether it started with a text frame.
+    text: bool,
+    /// The unmasked payload received so far.
+    data: Vec<u8>,
+}
+
+/// What one complete, unmasked frame amounts to.
+pub(super) enum Assembled<'a> {
+    /// Nothing for the caller yet (a fragment of an incomplete message, a pong).
+    Nothing,
+    /// A complete text or binary message.
+    Message(WsMessage),
+    /// A ping with this payload (to be answered with a pong).
+    Ping(&'a [u8]),
+    /// A valid close frame: its code and reason (`None` without payload). Any
+    /// fragmented message in progress has been dropped.
+    Close(Option<(u16, String)>),
+}
+
+/// The fragmented message in progress, if any: holds no memory between messages.
+#[derive(Default)]
+pub(super) struct Assembler {
+    frag: Option<Box<Frag>>,
+}
+
+impl Assembler {
+    /// The length received so far of the fragmented message in progress.
+    #[inline]
+    pub(super) fn in_progress(&self) -> Option<usize> {
+        self.frag.as_ref().map(|f| f.data.len())
+    }
+
+    /// Drop the fragmented message in progress.
+    pub(super) fn clear(&mut self) {
+        self.frag = None;
+    }
+
+    /// Handles one complete, unmasked frame whose header was validated by
+    /// [`parse_header`](super::frame::parse_header) with [`Assembler::in_progress`].
+    #[inline]
+    pub(super) fn on_frame<'a>(
+        &mut self,
+        h: &Header,
+        payload: &'a [u8],
+    ) -> Result<Assembled<'a>, WsError> {
+        match h.opcode {
+            OP_TEXT | OP_BINARY if h.fin => Ok(Assembled::Message(if h.opcode == OP_TEXT {
+                let text = std::str::from_utf8(payload).map_err(|_| WsError::Utf8)?;
+                WsMessage::Text(Utf8Bytes::from(text))
+            } else {
+                WsMessage::Binary(Bytes::copy_from_slice(payload))
+            })),
+            OP_TEXT | OP_BINARY => {
+                self.frag = Some(Box::new(Frag {
+                    text: h.opcode == OP_TEXT,
+                    data: payload.to_vec(),
+                }));
+                Ok(Assembled::Nothing)
+            }
+            OP_CONT => {
+                let Some(frag) = &mut self.frag else {
+                    return Err(WsError::Protocol("continuation frame without a message"));
+                };
+                frag.data.extend_from_slice(payload);
+                if !h.fin {
+                    return Ok(Assembled::Nothing);
+                }
+                match self.frag.take() {
+                    Some(frag) => {
+                        let Frag { text, data } = *frag;
+                        data_message(text, Bytes::from(data)).map(Assembled::Message)
+                    }
+                    None => Ok(Assembled::Nothing),
+                }
+            }
+            OP_PING => Ok(Assembled::Ping(payload)),
+            OP_PONG => Ok(Assembled::Nothing),
+            _ => {
+                let close = parse_close(payload)?;
+                self.frag = None;
+                Ok(Assembled::Close(close))
+            }
+        }
+    }
+}
+
+/// A complete text or binary message from its unmasked payload.
+pub(super) fn data_message(text: bool, bytes: Bytes) -> Result<WsMessage, WsError> {
+    if text {
+        Utf8Bytes::try_from(bytes)
+            .map(WsMessage::Text)
+            .map_err(|_| WsError::Utf8)
+    } else {
+        Ok(WsMessage::Binary(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::frame::OP_CLOSE;
+
+    fn header(fin: bool, opcode: u8, plen: usize) -> Header {
+        Header {
+            fin,
+            opcode,
+            mask: [0; 4],
+            hlen: 2,
+            plen,
+        }
+    }
+
+    fn on(a: &mut Assembler, fin: bool, opcode: u8, payload: &[u8]) -> Option<WsMessage> {
+        match a.on_frame(&header(fin, opcode, payload.len()), payload) {
+            Ok(Assembled::Message(m)) => Some(m),
+            Ok(Assembled::Nothing) => None,
+            Ok(Assembled::Ping(_)) => panic!("unexpected ping"),
+            Ok(Assembled::Close(_)) => panic!("unexpected close"),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn fragments_are_joined_and_validated_as_a_whole() {
+        let mut a = Assembler::default();
+        let word = "wörld".as_bytes();
+        assert_eq!(on(&mut a, false, OP_TEXT, &word[..2]), None);
+        assert_eq!(a.in_progress(), Some(2));
+        // A ping between fragments is handed out, the message stays in progress.
+        let ping = a.on_frame(&header(true, OP_PING, 1), b"p").unwrap();
+        assert!(matches!(ping, Assembled::Ping(b"p")));
+        assert_eq!(on(&mut a, false, OP_CONT, &word[2..3]), None);
+        assert_eq!(
+            on(&mut a, true, OP_CONT, &word[3..]),
+            Some(WsMessage::Text("wörld".into()))
+        );
+        assert_eq!(a.in_progress(), None, "no memory kept between messages");
+        // The joined payload is validated, not each fragment.
+        assert_eq!(on(&mut a, false, OP_TEXT, &[0xC3]), None);
+        let err = a.on_frame(&header(true, OP_CONT, 1), &[0xFF]);
+        assert!(matches!(err, Err(WsError::Utf8)));
+    }
+
+    #[test]
+    fn a_close_frame_drops_the_message_in_progress() {
+        let mut a = Assembler::default();
+        assert_eq!(on(&mut a, false, OP_BINARY, b"part"), None);
+        let close = a.on_frame(&header(true, OP_CLOSE, 0), &[]).unwrap();
+        assert!(matches!(close, Assembled::Close(None)));
+        assert_eq!(a.in_progress(), None);
+    }
+}
