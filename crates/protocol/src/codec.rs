@@ -12,27 +12,9 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::cid::Cid;
+pub use crate::packet::KeyOrder;
 use crate::packet::{EventPacket, Packet, ResponsePacket};
 use crate::version::{ProtocolVersion, Role};
-
-/// Which JS peer's key order to write for invokes (PROTOCOL.md 3.3). Both orders are
-/// accepted by every receiver; the choice only makes our frames byte-identical.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum KeyOrder {
-    /// `{"event":..,"data":..,"cid":..}` as written by `socketcluster-client`.
-    Client,
-    /// `{"event":..,"cid":..,"data":..}` as written by `socketcluster-server`.
-    Server,
-}
-
-impl From<Role> for KeyOrder {
-    fn from(role: Role) -> Self {
-        match role {
-            Role::Client => KeyOrder::Client,
-            Role::Server => KeyOrder::Server,
-        }
-    }
-}
 
 /// What one incoming text frame is.
 #[derive(Clone, Debug, PartialEq)]

@@ -3,9 +3,28 @@
 use serde_json::value::RawValue;
 
 use crate::cid::Cid;
-use crate::codec::KeyOrder;
 use crate::error::WireError;
 use crate::json;
+use crate::version::Role;
+
+/// Which JS peer's key order to write for invokes (PROTOCOL.md 3.3). Both orders are
+/// accepted by every receiver; the choice only makes our frames byte-identical.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyOrder {
+    /// `{"event":..,"data":..,"cid":..}` as written by `socketcluster-client`.
+    Client,
+    /// `{"event":..,"cid":..,"data":..}` as written by `socketcluster-server`.
+    Server,
+}
+
+impl From<Role> for KeyOrder {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Client => KeyOrder::Client,
+            Role::Server => KeyOrder::Server,
+        }
+    }
+}
 
 /// One decoded SocketCluster packet.
 #[derive(Clone, Debug, PartialEq)]
