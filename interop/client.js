@@ -121,7 +121,7 @@ function recordPublication(channel, data) {
 
 function v20Adapter(socket) {
   // Record in emission order by wrapping emit: separate async listeners would reorder events
-  // of different names (PROTOCOL.md 6.4).
+  // of different names (docs/PROTOCOL.md 6.4).
   let originalEmit = socket.emit;
   socket.emit = function (name, data) {
     try {

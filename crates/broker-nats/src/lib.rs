@@ -1,7 +1,7 @@
 //! A NATS core pub/sub backplane for `socketcluster-server`: several server instances
 //! share their channels, so that a publication on any instance reaches the subscribers of
 //! every instance — the job `scc-broker` does for the JavaScript SocketCluster
-//! (PROTOCOL.md 9.6), without extra processes.
+//! (docs/PROTOCOL.md 9.6), without extra processes.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

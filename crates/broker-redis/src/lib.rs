@@ -1,6 +1,6 @@
 //! A Redis pub/sub backplane for `socketcluster-server`: several server instances share
 //! their channels, so that a publication on any instance reaches the subscribers of every
-//! instance — the job `scc-broker` does for the JavaScript SocketCluster (PROTOCOL.md
+//! instance — the job `scc-broker` does for the JavaScript SocketCluster (docs/PROTOCOL.md
 //! 9.6), without extra processes.
 //!
 //! ```no_run

@@ -61,7 +61,7 @@ pub(crate) fn key_text(key: Option<&str>, file: Option<&PathBuf>) -> Result<Stri
 }
 
 /// Sign `claims` like the JS server: the caller's claims first, then `iat`, then `exp`
-/// (`iat` + `expires_in`) unless the claims already have `exp` (PROTOCOL.md 5.2).
+/// (`iat` + `expires_in`) unless the claims already have `exp` (docs/PROTOCOL.md 5.2).
 pub(crate) fn sign(
     claims: Map<String, Value>,
     key: &str,

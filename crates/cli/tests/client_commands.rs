@@ -30,7 +30,7 @@ async fn js_server(private: bool) -> JsServer {
 
 #[tokio::test]
 async fn invoke_prints_the_response_data_as_one_json_line() {
-    // CLI.md `invoke`; PROTOCOL.md 3.3/3.4 (SV-38-style echo)
+    // CLI.md `invoke`; docs/PROTOCOL.md 3.3/3.4 (SV-38-style echo)
     let server = js_server(false).await;
     let out = run(
         &[
@@ -60,7 +60,7 @@ async fn invoke_prints_the_response_data_as_one_json_line() {
 #[tokio::test]
 async fn invoke_failures_exit_non_zero_with_the_error_name_on_stderr() {
     let server = js_server(false).await;
-    // a remote error keeps its name and message (CL-23-style, PROTOCOL.md 3.5)
+    // a remote error keeps its name and message (CL-23-style, docs/PROTOCOL.md 3.5)
     let out = run(&["invoke", "--url", &server.url(), "error"], None).await;
     assert_eq!(out.code, 1);
     assert!(
@@ -134,7 +134,7 @@ async fn token(claims: &str, extra: &[&str]) -> String {
 
 #[tokio::test]
 async fn token_is_accepted_by_the_js_server() {
-    // CLI.md `token`; PROTOCOL.md 5.2 payload shape, 3.6.1 handshake with a token (CL-5)
+    // CLI.md `token`; docs/PROTOCOL.md 5.2 payload shape, 3.6.1 handshake with a token (CL-5)
     let server = js_server(false).await;
     let t = token(r#"{"username":"bob"}"#, &["--expires-in", "600"]).await;
     let payload = sc_test_support::jwt_payload(&t).unwrap();
@@ -294,7 +294,7 @@ async fn subscribe_with_channel_prefix_uses_the_prefixed_name_on_the_wire() {
 
 #[tokio::test]
 async fn subscribe_with_token_command_survives_a_restart_with_a_new_key() {
-    // Issue "Client, part 2" CLI test; PROTOCOL.md 5.1 (restart with another key), 6.4.
+    // Issue "Client, part 2" CLI test; docs/PROTOCOL.md 5.1 (restart with another key), 6.4.
     let dir = std::env::temp_dir().join(format!("sc-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key_file = dir.join("key");

@@ -18,7 +18,7 @@ async fn run_cli(args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test]
 async fn js_client_pub_sub_through_serve_keeps_exact_payloads() {
-    // SV-43 (subscribe then publish), CL-23 (order), PROTOCOL.md 2.1/2.2 payloads.
+    // SV-43 (subscribe then publish), CL-23 (order), docs/PROTOCOL.md 2.1/2.2 payloads.
     let serve = Serve::start(&["--port", "0", "--auth-key", "k"]).await;
     let payloads = json!([
         "héllo \u{2028} wörld 🎉",
@@ -43,7 +43,7 @@ async fn js_client_pub_sub_through_serve_keeps_exact_payloads() {
 
 #[tokio::test]
 async fn v14_js_client_works_with_protocol_version_1() {
-    // PROTOCOL.md 1.4 / 11.7: v14 client, version 1 heartbeat, pub/sub and RPC-free flow.
+    // docs/PROTOCOL.md 1.4 / 11.7: v14 client, version 1 heartbeat, pub/sub and RPC-free flow.
     let serve = Serve::start(&[
         "--port",
         "0",

@@ -1,4 +1,4 @@
-//! Authentication: the client-side auth state (PROTOCOL.md 5.7), token storage
+//! Authentication: the client-side auth state (docs/PROTOCOL.md 5.7), token storage
 //! ([`TokenStore`], [`MemoryTokenStore`], [`FileTokenStore`]) and the re-authentication
 //! hook ([`TokenProvider`]).
 

@@ -1,4 +1,4 @@
-//! Channels (PROTOCOL.md 6): subscription options, channel state, and the
+//! Channels (docs/PROTOCOL.md 6): subscription options, channel state, and the
 //! [`Subscription`] stream of publications.
 
 use std::fmt;

@@ -1,4 +1,4 @@
-//! Dialing: URL building (PROTOCOL.md 1.1), TLS and the WebSocket upgrade.
+//! Dialing: URL building (docs/PROTOCOL.md 1.1), TLS and the WebSocket upgrade.
 
 use std::sync::Arc;
 

@@ -49,7 +49,7 @@ impl PendingSubscriptions {
     }
 }
 
-/// A client event. The names and payloads follow the JS client (PROTOCOL.md 10); the
+/// A client event. The names and payloads follow the JS client (docs/PROTOCOL.md 10); the
 /// order of emission is documented in the crate docs.
 #[derive(Clone, Debug)]
 #[non_exhaustive]

@@ -1,5 +1,5 @@
 //! Client options and the consuming [`ClientBuilder`]. Every default equals the
-//! `socketcluster-client` 20.0.2 default (PROTOCOL.md 10) unless stated otherwise.
+//! `socketcluster-client` 20.0.2 default (docs/PROTOCOL.md 10) unless stated otherwise.
 
 use std::fmt;
 use std::sync::Arc;

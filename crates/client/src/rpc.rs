@@ -1,4 +1,4 @@
-//! Server → client RPC (PROTOCOL.md 7.3): [`Receiver`] streams of transmitted events and
+//! Server → client RPC (docs/PROTOCOL.md 7.3): [`Receiver`] streams of transmitted events and
 //! [`Procedure`] streams of requests to answer.
 
 use std::fmt;

@@ -1,5 +1,5 @@
 //! Part 1 interop: the Rust client against the real JS server (v20, and v14 in protocol
-//! version 1). Each test cites the PROTOCOL.md section 12 items it covers.
+//! version 1). Each test cites the docs/PROTOCOL.md section 12 items it covers.
 
 mod common;
 
@@ -338,7 +338,7 @@ async fn subscribe_and_publish_round_trip() {
     }
 }
 
-/// PROTOCOL.md 1.4: against the v14 server, a protocol-1 client announces its own
+/// docs/PROTOCOL.md 1.4: against the v14 server, a protocol-1 client announces its own
 /// disconnect with the `#disconnect` transmit (seen in the server's message stream), and
 /// the server reports the disconnection once with that code and reason.
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Client-side view of a token (PROTOCOL.md 5.7): the payload is base64url-decoded from
+//! Client-side view of a token (docs/PROTOCOL.md 5.7): the payload is base64url-decoded from
 //! the middle JWT segment, **without** verifying the signature.
 
 use base64::Engine;

@@ -1,4 +1,4 @@
-//! The JS client's reconnect-delay formula (PROTOCOL.md 8.4), with injectable randomness.
+//! The JS client's reconnect-delay formula (docs/PROTOCOL.md 8.4), with injectable randomness.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Binary values inside JSON: `{"base64":true,"data":"<standard base64>"}` (PROTOCOL.md 2.2).
+//! Binary values inside JSON: `{"base64":true,"data":"<standard base64>"}` (docs/PROTOCOL.md 2.2).
 //!
 //! The JS codec writes every `Buffer`/`ArrayBuffer` in this shape and does **not** turn
 //! it back into bytes on receipt, so neither do we: these helpers are opt-in.

@@ -1,4 +1,4 @@
-//! Call ids (`cid`) and response ids (`rid`), PROTOCOL.md 3.3.
+//! Call ids (`cid`) and response ids (`rid`), docs/PROTOCOL.md 3.3.
 
 use std::fmt;
 
@@ -8,7 +8,7 @@ pub const MAX_SAFE_CID: u64 = (1 << 53) - 1;
 /// A call id as it appears on the wire.
 ///
 /// Receivers accept any JSON number as a `cid` and echo it unchanged as the `rid`
-/// (`0`, negative and fractional values included, PROTOCOL.md 3.3), so a `Cid` keeps
+/// (`0`, negative and fractional values included, docs/PROTOCOL.md 3.3), so a `Cid` keeps
 /// non-integer values too. Senders only ever allocate positive integers
 /// ([`CidAllocator`]).
 #[derive(Clone, Debug, PartialEq)]
@@ -90,7 +90,7 @@ impl fmt::Display for Cid {
 /// `#handshake`, `#subscribe`, `#authenticate`, `#publish`, ...).
 ///
 /// A client keeps one allocator for its whole life, so ids keep growing across
-/// reconnects (PROTOCOL.md 3.3); a server uses a new one per connection. The counter
+/// reconnects (docs/PROTOCOL.md 3.3); a server uses a new one per connection. The counter
 /// wraps back to 1 before reaching 2^53 so that every id stays exact in JavaScript.
 #[derive(Clone, Debug)]
 pub struct CidAllocator {

@@ -1,4 +1,4 @@
-//! WebSocket close codes and the client's reconnect rule (PROTOCOL.md 4.3, 8.4).
+//! WebSocket close codes and the client's reconnect rule (docs/PROTOCOL.md 4.3, 8.4).
 
 use std::fmt;
 

@@ -1,5 +1,5 @@
 //! The default JSON codec (`sc-formatter`): classification of an incoming text frame
-//! (PROTOCOL.md 2.3, 2.4, 3.1) and batch encoding.
+//! (docs/PROTOCOL.md 2.3, 2.4, 3.1) and batch encoding.
 //!
 //! Decoding never fails and never panics: anything that is not a packet is reported as
 //! [`Frame::Raw`], exactly as the JS peers emit a `raw` event for it. Memory use is
@@ -56,7 +56,7 @@ pub fn decode(text: &str, role: Role, version: ProtocolVersion) -> Frame {
     decode_message(text)
 }
 
-/// Decode a frame that is not a heartbeat (steps 3-5 of PROTOCOL.md 2.3).
+/// Decode a frame that is not a heartbeat (steps 3-5 of docs/PROTOCOL.md 2.3).
 pub fn decode_message(text: &str) -> Frame {
     let trimmed = text.trim_start_matches([' ', '\n', '\r', '\t']);
     match trimmed.as_bytes().first() {

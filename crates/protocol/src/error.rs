@@ -1,11 +1,11 @@
-//! SocketCluster errors on the wire (PROTOCOL.md 3.5, 4.1, 4.2).
+//! SocketCluster errors on the wire (docs/PROTOCOL.md 3.5, 4.1, 4.2).
 
 use std::fmt;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-/// The error names of `sc-errors` (PROTOCOL.md 4.1), plus any other name a peer sends.
+/// The error names of `sc-errors` (docs/PROTOCOL.md 4.1), plus any other name a peer sends.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorName {
@@ -130,7 +130,7 @@ impl fmt::Display for ErrorName {
 /// A hydrated error object: what a JS receiver makes of `{"message":..,"name":..,...}`.
 ///
 /// Encoding ("dehydration") writes `message`, then `name`, then the extra fields in
-/// insertion order, which is the order of `sc-errors` (PROTOCOL.md 3.5).
+/// insertion order, which is the order of `sc-errors` (docs/PROTOCOL.md 3.5).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ErrorObject {
     /// `name` (the generic `Error` when the peer sent none or a non-string).
@@ -179,7 +179,7 @@ impl ErrorObject {
             .and_then(|c| u16::try_from(c).ok())
     }
 
-    /// Hydrate from a JSON object (PROTOCOL.md 3.5).
+    /// Hydrate from a JSON object (docs/PROTOCOL.md 3.5).
     pub fn from_map(mut map: Map<String, Value>) -> Self {
         let message = match map.shift_remove("message") {
             Some(Value::String(s)) => s,
@@ -227,7 +227,7 @@ impl fmt::Display for ErrorObject {
 impl std::error::Error for ErrorObject {}
 
 /// An error as carried in a response's `error` field: usually an object, but any truthy
-/// JSON value is allowed (a string error is delivered as that string, PROTOCOL.md 3.4).
+/// JSON value is allowed (a string error is delivered as that string, docs/PROTOCOL.md 3.4).
 #[derive(Clone, Debug, PartialEq)]
 pub enum WireError {
     /// An error object.
@@ -319,7 +319,7 @@ fn null_raw() -> Box<RawValue> {
     RawValue::from_string("null".to_owned()).expect("null is valid JSON")
 }
 
-/// Constructors for the exact errors the JS server puts on the wire (PROTOCOL.md 4.2).
+/// Constructors for the exact errors the JS server puts on the wire (docs/PROTOCOL.md 4.2).
 pub mod wire {
     use super::ErrorObject;
 

@@ -4,7 +4,7 @@ use serde_json::value::RawValue;
 
 /// Append `s` as a JSON string literal with `JSON.stringify` escaping: `"` `\\` `\b` `\f`
 /// `\n` `\r` `\t` escaped, other control characters as lowercase `\u00xx`, everything else
-/// (non-ASCII, U+2028/U+2029, `/`, `<`) raw (PROTOCOL.md 2.1).
+/// (non-ASCII, U+2028/U+2029, `/`, `<`) raw (docs/PROTOCOL.md 2.1).
 pub(crate) fn push_str(buf: &mut String, s: &str) {
     buf.reserve(s.len() + 2);
     buf.push('"');

@@ -6,7 +6,7 @@
 //! `sc-formatter` codec writes, and holds the protocol's tables (error names, close
 //! codes, the reconnect-delay formula, `cid` allocation).
 //!
-//! References in the docs (`PROTOCOL.md 3.1`, ...) point to the project's wire
+//! References in the docs (`docs/PROTOCOL.md 3.1`, ...) point to the project's wire
 //! reference, which was captured from `socketcluster-server` 20.0.1 and
 //! `socketcluster-client` 20.0.2.
 //!
@@ -15,7 +15,7 @@
 //! ```
 //! use socketcluster_protocol::{codec, Frame, Packet, ProtocolVersion, Role};
 //!
-//! // What the JS client sends first (PROTOCOL.md 3.6.1):
+//! // What the JS client sends first (docs/PROTOCOL.md 3.6.1):
 //! let text = r##"{"event":"#handshake","data":{"authToken":null},"cid":1}"##;
 //! let frame = codec::decode(text, Role::Server, ProtocolVersion::V2);
 //! let Frame::Packet(Packet::Event(ev)) = frame else { panic!("not an event") };

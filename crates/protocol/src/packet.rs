@@ -1,4 +1,4 @@
-//! The packet model (PROTOCOL.md 3.2-3.4): events (transmit or invoke) and responses.
+//! The packet model (docs/PROTOCOL.md 3.2-3.4): events (transmit or invoke) and responses.
 
 use serde_json::value::RawValue;
 
@@ -7,7 +7,7 @@ use crate::error::WireError;
 use crate::json;
 use crate::version::Role;
 
-/// Which JS peer's key order to write for invokes (PROTOCOL.md 3.3). Both orders are
+/// Which JS peer's key order to write for invokes (docs/PROTOCOL.md 3.3). Both orders are
 /// accepted by every receiver; the choice only makes our frames byte-identical.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeyOrder {
@@ -121,7 +121,7 @@ impl EventPacket {
     }
 
     /// Encode as the JS peers do: the JS client writes `event, data, cid`; the JS server
-    /// writes `event, cid, data` (PROTOCOL.md 3.3). Absent data is omitted.
+    /// writes `event, cid, data` (docs/PROTOCOL.md 3.3). Absent data is omitted.
     pub fn encode(&self, order: KeyOrder) -> String {
         let mut buf = String::with_capacity(
             self.event.len() + self.data.as_ref().map_or(0, |d| d.get().len()) + 40,
@@ -187,7 +187,7 @@ impl ResponsePacket {
     }
 
     /// The error, if the `error` field is present **and truthy** (`null`, `false`, `0`
-    /// and `""` mean success, PROTOCOL.md 3.4), hydrated.
+    /// and `""` mean success, docs/PROTOCOL.md 3.4), hydrated.
     pub fn error(&self) -> Option<WireError> {
         let raw = self.error.as_deref()?;
         if !json::is_truthy(raw.get()) {

@@ -1,4 +1,4 @@
-//! Reserved `#` events and the exact shapes of their data (PROTOCOL.md 3.6).
+//! Reserved `#` events and the exact shapes of their data (docs/PROTOCOL.md 3.6).
 //!
 //! Builders here write the same text as the JS peers (key order, omitted vs `null`);
 //! parsers are as lenient as the JS receivers.
@@ -32,7 +32,7 @@ fn raw(text: String) -> Box<RawValue> {
     RawValue::from_string(text).expect("builders only produce valid JSON")
 }
 
-/// `{"authToken":<token or null>}`: the key is always present (PROTOCOL.md 3.6.1).
+/// `{"authToken":<token or null>}`: the key is always present (docs/PROTOCOL.md 3.6.1).
 pub fn handshake_request(token: Option<&str>) -> Box<RawValue> {
     let mut b = String::from("{\"authToken\":");
     match token {
@@ -86,7 +86,7 @@ pub fn parse_authenticate_token(data: Option<&RawValue>) -> TokenField {
 }
 
 /// The handshake reply data, as the server writes it and the client reads it
-/// (PROTOCOL.md 3.6.1).
+/// (docs/PROTOCOL.md 3.6.1).
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct HandshakeStatus {
     /// Socket id chosen by the server (`None` when a lenient server omitted it).
@@ -137,7 +137,7 @@ impl HandshakeStatus {
     }
 
     /// Parse a handshake reply's data (absent data gives the default status, which the
-    /// JS client accepts, PROTOCOL.md 8.2).
+    /// JS client accepts, docs/PROTOCOL.md 8.2).
     pub fn parse(data: Option<&RawValue>) -> HandshakeStatus {
         let Some(Value::Object(m)) = data.and_then(|d| serde_json::from_str::<Value>(d.get()).ok())
         else {
@@ -161,7 +161,7 @@ impl HandshakeStatus {
 }
 
 /// `{"isAuthenticated":bool,"authError":err-or-null}`: the reply to a successful or
-/// soft-failed `#authenticate` (PROTOCOL.md 3.6.2).
+/// soft-failed `#authenticate` (docs/PROTOCOL.md 3.6.2).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuthenticateResult {
     /// Whether the socket is now authenticated.
@@ -184,7 +184,7 @@ impl AuthenticateResult {
     }
 
     /// Parse; `None` when the reply carried no `isAuthenticated` field (a JS client then
-    /// treats the authentication as successful, PROTOCOL.md 3.6.2).
+    /// treats the authentication as successful, docs/PROTOCOL.md 3.6.2).
     pub fn parse(data: Option<&RawValue>) -> Option<AuthenticateResult> {
         let Value::Object(m) = serde_json::from_str::<Value>(data?.get()).ok()? else {
             return None;
@@ -210,7 +210,7 @@ pub fn set_auth_token_data(token: &str) -> Box<RawValue> {
 }
 
 /// The token of a `#setAuthToken`: `None` when data is missing, `null` or has no string
-/// `token` (a Rust server never sends that, PROTOCOL.md 3.6.3).
+/// `token` (a Rust server never sends that, docs/PROTOCOL.md 3.6.3).
 pub fn parse_set_auth_token(data: Option<&RawValue>) -> Option<String> {
     let Value::Object(m) = serde_json::from_str::<Value>(data?.get()).ok()? else {
         return None;
@@ -253,7 +253,7 @@ impl SubscribeRequest {
     }
 
     /// Encode as the JS client: `channel`, then `waitForAuth` when true, then `data` when
-    /// truthy (PROTOCOL.md 3.6.5).
+    /// truthy (docs/PROTOCOL.md 3.6.5).
     pub fn to_raw(&self) -> Box<RawValue> {
         let mut b = String::with_capacity(self.channel.len() + 40);
         b.push_str("{\"channel\":");
@@ -426,7 +426,7 @@ pub fn parse_unsubscribe(data: Option<&RawValue>) -> Option<String> {
     serde_json::from_str::<String>(data?.get()).ok()
 }
 
-/// The v14 `#disconnect` transmit a v14 peer sends before it closes (PROTOCOL.md 1.4):
+/// The v14 `#disconnect` transmit a v14 peer sends before it closes (docs/PROTOCOL.md 1.4):
 /// `{"event":"#disconnect","data":{"code":n[,"data":reason]}}`.
 pub fn v1_disconnect_frame(code: u16, reason: Option<&str>) -> String {
     let mut b = format!("{{\"event\":\"#disconnect\",\"data\":{{\"code\":{code}");
@@ -438,7 +438,7 @@ pub fn v1_disconnect_frame(code: u16, reason: Option<&str>) -> String {
     b
 }
 
-/// The v14 `#disconnect` data `{"code":n,"data":reason}` (PROTOCOL.md 1.4).
+/// The v14 `#disconnect` data `{"code":n,"data":reason}` (docs/PROTOCOL.md 1.4).
 pub fn parse_v1_disconnect(data: Option<&RawValue>) -> Option<(u16, Option<String>)> {
     let Value::Object(m) = serde_json::from_str::<Value>(data?.get()).ok()? else {
         return None;
@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn v1_disconnect_frames_match_the_captures() {
-        // PROTOCOL.md section 14 captures (v14 client / server).
+        // docs/PROTOCOL.md 11.7 captures (v14 client / server).
         assert_eq!(
             v1_disconnect_frame(4200, Some("v14 leaving")),
             r##"{"event":"#disconnect","data":{"code":4200,"data":"v14 leaving"}}"##

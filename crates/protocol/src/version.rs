@@ -1,10 +1,10 @@
-//! Protocol versions 1 and 2 and their heartbeat strings (PROTOCOL.md 1.4).
+//! Protocol versions 1 and 2 and their heartbeat strings (docs/PROTOCOL.md 1.4).
 
 use std::fmt;
 use std::str::FromStr;
 
 /// The SocketCluster protocol version. It is never negotiated: both ends are configured
-/// with the same value (PROTOCOL.md 1.4).
+/// with the same value (docs/PROTOCOL.md 1.4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ProtocolVersion {
     /// Version 1, spoken by SocketCluster <= 14 ("compatibility mode"): ping `#1`, pong `#2`.

@@ -1,4 +1,4 @@
-//! Golden tests: every frame captured in PROTOCOL.md section 11 decodes, and re-encodes
+//! Golden tests: every frame captured in docs/PROTOCOL.md section 11 decodes, and re-encodes
 //! to the identical text wherever the JS codec would have produced it.
 
 use socketcluster_protocol::codec::{self, encode_batch};
@@ -69,7 +69,7 @@ fn reencode(frame: &Frame, order: KeyOrder) -> Option<String> {
     }
 }
 
-/// Frames that are not packets at all (PROTOCOL.md 2.3 raw cases, 11.8 `rid:null`).
+/// Frames that are not packets at all (docs/PROTOCOL.md 2.3 raw cases, 11.8 `rid:null`).
 const RAW: &[&str] = &[
     "this is not json",
     r#"{"broken json"#,

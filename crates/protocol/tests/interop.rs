@@ -2,8 +2,8 @@
 //! frames we build are accepted by `socketcluster-server`, and frames the JS peers write
 //! decode with our codec and re-encode to the same text.
 //!
-//! Item numbers refer to PROTOCOL.md section 12 (conformance checklist); section numbers
-//! to the rest of PROTOCOL.md, in particular the captured frames of section 11.
+//! Item numbers refer to docs/PROTOCOL.md section 12 (conformance checklist); section numbers
+//! to the rest of docs/PROTOCOL.md, in particular the captured frames of section 11.
 
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ fn raw(text: impl Into<String>) -> Box<RawValue> {
 }
 
 /// Read the next text frame that is not the heartbeat `version` pings with, answering
-/// pings with the pong as a well-behaved client must (PROTOCOL.md 8.3).
+/// pings with the pong as a well-behaved client must (docs/PROTOCOL.md 8.3).
 async fn next_message(ws: &mut Ws, version: ProtocolVersion) -> String {
     loop {
         let msg = tokio::time::timeout(WAIT, ws.next())
@@ -79,7 +79,7 @@ async fn handshake(
     )
     .encode(KeyOrder::Client);
     if token.is_none() {
-        // Byte-identical to the JS client's first frame (PROTOCOL.md 3.6.1, 11.1).
+        // Byte-identical to the JS client's first frame (docs/PROTOCOL.md 3.6.1, 11.1).
         assert_eq!(
             frame,
             r##"{"event":"#handshake","data":{"authToken":null},"cid":1}"##

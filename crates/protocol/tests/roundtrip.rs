@@ -129,7 +129,7 @@ proptest! {
         let parsed = SubscribeRequest::parse(Some(&s.to_raw())).unwrap();
         prop_assert_eq!(parsed.channel, ch);
         prop_assert_eq!(parsed.wait_for_auth, wfa);
-        // data is only written when truthy (PROTOCOL.md 3.6.5)
+        // data is only written when truthy (docs/PROTOCOL.md 3.6.5)
         let truthy = match &d {
             None | Some(Value::Null) | Some(Value::Bool(false)) => false,
             Some(Value::Number(n)) => n.as_f64() != Some(0.0),

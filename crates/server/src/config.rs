@@ -1,5 +1,5 @@
 //! Server configuration. Every default equals the JS `socketcluster-server` 20 default
-//! unless stated otherwise (PROTOCOL.md 9.1).
+//! unless stated otherwise (docs/PROTOCOL.md 9.1).
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use crate::limits::Limits;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum UnhandledProcedure {
-    /// Send nothing: the caller times out (JS behaviour, PROTOCOL.md 3.4). Default.
+    /// Send nothing: the caller times out (JS behaviour, docs/PROTOCOL.md 3.4). Default.
     #[default]
     NoReply,
     /// Answer `{"name":"UnhandledProcedureError","message":"No handler for procedure <name>"}`.
@@ -90,7 +90,7 @@ pub struct ServerConfig {
     pub event_buffer: usize,
     /// Batch every socket's outbound packets right after its handshake reply (which
     /// itself is never batched) for [`ServerConfig::batch_on_handshake_duration`]
-    /// (JS `batchOnHandshake`, PROTOCOL.md 8.5). Default false.
+    /// (JS `batchOnHandshake`, docs/PROTOCOL.md 8.5). Default false.
     pub batch_on_handshake: bool,
     /// How long the `batch_on_handshake` window lasts, unless the application called
     /// [`crate::Socket::start_batching`] meanwhile (JS `batchOnHandshakeDuration`).

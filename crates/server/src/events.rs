@@ -1,4 +1,4 @@
-//! Server events (JS server events, PROTOCOL.md 9.3/9.4) and counters.
+//! Server events (JS server events, docs/PROTOCOL.md 9.3/9.4) and counters.
 
 use std::pin::Pin;
 use std::sync::Arc;

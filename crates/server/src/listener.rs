@@ -1,5 +1,5 @@
 //! The built-in listener: TCP accept, optional TLS, and the HTTP upgrade with the JS
-//! server's checks in the JS order (PROTOCOL.md 1.2): method (405), `Upgrade` header,
+//! server's checks in the JS order (docs/PROTOCOL.md 1.2): method (405), `Upgrade` header,
 //! `Sec-WebSocket-Key`, `Sec-WebSocket-Version` (400), path (400 `Bad Request`), then
 //! `handshakeWS` middleware (401, body = the error message) and the origin allow-list
 //! (403, `Failed to authorize socket handshake - Invalid origin: <origin>`). Plain HTTP
@@ -365,7 +365,7 @@ mod tests {
         assert!(origin_allowed("example.com:443", "https://example.com"));
         assert!(origin_allowed("example.com:*", "http://example.com:8080"));
         assert!(origin_allowed("*:8080", "http://x.org:8080"));
-        // No Origin header: '*' -> null:80 / null:* / *:80 (PROTOCOL.md 1.2)
+        // No Origin header: '*' -> null:80 / null:* / *:80 (docs/PROTOCOL.md 1.2)
         assert!(!origin_allowed("example.com:443 foo.org:*", "*"));
         assert!(origin_allowed("example.com:443 *:80", "*"));
         assert_eq!(

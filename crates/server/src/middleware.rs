@@ -1,4 +1,4 @@
-//! Middleware (PROTOCOL.md 9.2): async, composable hooks that can allow, block or
+//! Middleware (docs/PROTOCOL.md 9.2): async, composable hooks that can allow, block or
 //! rewrite actions.
 //!
 //! | kind | action | block on the wire |
@@ -302,7 +302,7 @@ impl InboundRawAction {
     }
 }
 
-/// Inbound raw middleware (PROTOCOL.md 9.2 `inboundRaw`). A block drops the message
+/// Inbound raw middleware (docs/PROTOCOL.md 9.2 `inboundRaw`). A block drops the message
 /// silently (no reply even for an invoke; the error is emitted as a warning).
 ///
 /// ```

@@ -1,4 +1,4 @@
-//! Client → server RPC (procedures) and transmitted events (receivers), PROTOCOL.md 7.2.
+//! Client → server RPC (procedures) and transmitted events (receivers), docs/PROTOCOL.md 7.2.
 //!
 //! A procedure answers a [`Request`] with [`Request::respond`], [`Request::end`] or
 //! [`Request::error`]; a request dropped without an answer sends nothing (the caller

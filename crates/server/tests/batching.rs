@@ -1,4 +1,4 @@
-//! Server-side outbound batching (PROTOCOL.md 8.5, 2.4, 11.5): `batch_on_handshake`,
+//! Server-side outbound batching (docs/PROTOCOL.md 8.5, 2.4, 11.5): `batch_on_handshake`,
 //! `start_batching` / `stop_batching` / `cancel_batching`.
 
 mod common;
@@ -108,7 +108,7 @@ async fn batched_replies_go_out_as_one_array_frame_with_the_captured_shapes() {
     assert_eq!(v, json!({"rid": 5, "data": "after-batch-window"}));
 }
 
-/// PROTOCOL.md 8.5: `cancel_batching` discards the buffered packets.
+/// docs/PROTOCOL.md 8.5: `cancel_batching` discards the buffered packets.
 #[tokio::test]
 async fn cancel_batching_discards_the_buffered_packets() {
     let server = start(config().with_batch_interval(Duration::from_secs(3600))).await;
@@ -170,7 +170,7 @@ async fn send(ws: &mut Ws, text: &str) {
     ws.send(Message::Text(text.into())).await.unwrap();
 }
 
-/// PROTOCOL.md 8.5 with the JS defaults (window 400 ms, interval 50 ms): during the
+/// docs/PROTOCOL.md 8.5 with the JS defaults (window 400 ms, interval 50 ms): during the
 /// window replies come as arrays within one interval; after it single frames; an
 /// explicit `start_batching` survives; pings are never batched.
 #[tokio::test(start_paused = true)]
@@ -226,7 +226,7 @@ async fn batch_on_handshake_window_interval_and_pings() {
     assert_eq!(next_text(&mut ws).await, r#"{"rid":5,"data":4}"#);
 }
 
-/// PROTOCOL.md 8.5: `start_batching` during the handshake window keeps batching after
+/// docs/PROTOCOL.md 8.5: `start_batching` during the handshake window keeps batching after
 /// the window ends (JS `isBatching`).
 #[tokio::test(start_paused = true)]
 async fn explicit_batching_outlives_the_handshake_window() {

@@ -1,4 +1,4 @@
-//! Handshake, heartbeat and strict-handshake behaviour (PROTOCOL.md 3.6.1, 8.3, 8.6),
+//! Handshake, heartbeat and strict-handshake behaviour (docs/PROTOCOL.md 3.6.1, 8.3, 8.6),
 //! driven by a raw WebSocket client.
 
 mod common;
@@ -44,7 +44,7 @@ async fn handshake_with_a_valid_token_authenticates() {
     assert_eq!(who["data"]["authToken"]["username"], "bob");
 }
 
-/// PROTOCOL.md 11.3 / 5.3: bad tokens give `authError` (with `isBadToken`) and a
+/// docs/PROTOCOL.md 11.3 / 5.3: bad tokens give `authError` (with `isBadToken`) and a
 /// `#removeAuthToken` after the reply; not-before is not a bad token; an empty token
 /// is no token.
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The real JavaScript client (`socketcluster-client` 20.0.2, and 14.3.2 with protocol
 //! version 1) against this server, and the JS server (`socketcluster-server` 20.0.1)
 //! as the oracle: the same scripted scenario must yield the same client events and the
-//! same wire error names on both (PROTOCOL.md 12).
+//! same wire error names on both (docs/PROTOCOL.md 12).
 
 use std::time::Duration;
 
@@ -617,7 +617,7 @@ async fn js_client_v14_with_protocol_version_1() {
 
 /// The oracle: one scripted JS-client scenario against the JS server and against this
 /// server yields the same client event sequence, the same step outcomes and the same
-/// wire error names (PROTOCOL.md 12).
+/// wire error names (docs/PROTOCOL.md 12).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_scenario_same_events_as_the_js_server() {
     let js = JsServer::start(JsServerOptions {
@@ -772,7 +772,7 @@ fn client_messages(run: &sc_test_support::JsClientRun) -> Vec<Value> {
         .collect()
 }
 
-/// SV-54 (PROTOCOL.md 8.5, 12.2): JS client and this server both `batchOnHandshake`:
+/// SV-54 (docs/PROTOCOL.md 8.5, 12.2): JS client and this server both `batchOnHandshake`:
 /// the client's 20 `#subscribe`s reach the server as one 20-element array, the
 /// SUBSCRIBE middleware still runs 20 times, the blocked channel gets `subscribeFail`
 /// with the middleware's error name, a publish after the subscriptions is received,
@@ -869,7 +869,7 @@ async fn js_client_and_server_batch_on_handshake_sv54() {
     assert_eq!(replies[12]["error"]["name"], "UnauthorizedSubscribeError");
 }
 
-/// SV-55 (PROTOCOL.md 8.5, 12.2): both sides `batchOnHandshake`, client `autoConnect`
+/// SV-55 (docs/PROTOCOL.md 8.5, 12.2): both sides `batchOnHandshake`, client `autoConnect`
 /// false: `subscribe('foo')` then `transmitPublish('foo','bar')` before connecting ->
 /// the publication is received (order preserved through both batches).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -900,7 +900,7 @@ async fn js_client_batched_subscribe_then_publish_is_received_sv55() {
     );
 }
 
-/// SV-26, SV-23 (PROTOCOL.md 3.6.1, 12.2): the JS client sends an empty binary frame
+/// SV-26, SV-23 (docs/PROTOCOL.md 3.6.1, 12.2): the JS client sends an empty binary frame
 /// before its `#handshake`: with `strict_handshake` false it is tolerated and the client
 /// connects (status with an id); with the default it closes with 4009.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -952,7 +952,7 @@ async fn js_client_empty_binary_frame_before_handshake_sv26() {
     assert_eq!(close["code"], 4009, "{}", strict_run.dump());
 }
 
-/// SV-6 counterpart on the wire (PROTOCOL.md 3.6.4, 5.6): `deauthenticate_with`
+/// SV-6 counterpart on the wire (docs/PROTOCOL.md 3.6.4, 5.6): `deauthenticate_with`
 /// `reject_on_failed_delivery` invokes `#removeAuthToken` with a cid; the JS client
 /// acknowledges it and the call succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

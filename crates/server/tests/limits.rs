@@ -178,7 +178,7 @@ async fn slow_middleware_keeps_order_with_bounded_read_ahead() {
     }
 }
 
-/// Bad input from PROTOCOL.md 12 in one session: malformed JSON, binary frames,
+/// Bad input from docs/PROTOCOL.md 12 in one session: malformed JSON, binary frames,
 /// duplicate cids, unknown rids, repeated handshakes, huge and empty channel names,
 /// bad tokens; the socket and a control client keep working.
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Middleware on the wire (PROTOCOL.md 9.2, 11.4, 11.5) and HTTP-level refusals (1.2).
+//! Middleware on the wire (docs/PROTOCOL.md 9.2, 11.4, 11.5) and HTTP-level refusals (1.2).
 
 mod common;
 
@@ -386,7 +386,7 @@ async fn http_level_refusals() {
             "Failed to authorize socket handshake - Invalid origin: http://evil.com".into()
         )
     );
-    // a client without Origin header is evaluated as '*' (PROTOCOL.md 1.2)
+    // a client without Origin header is evaluated as '*' (docs/PROTOCOL.md 1.2)
     let no_origin = tokio_tungstenite::connect_async(base.as_str()).await;
     assert_eq!(
         http_error(no_origin.err().unwrap()),

@@ -1,4 +1,4 @@
-//! Channels, exchange, kick-out and broker (PROTOCOL.md 3.6.5-3.6.8, 6.6, 9.5).
+//! Channels, exchange, kick-out and broker (docs/PROTOCOL.md 3.6.5-3.6.8, 6.6, 9.5).
 
 mod common;
 
@@ -11,7 +11,7 @@ use serde_json::json;
 use socketcluster_server::broker::{Broker, BrokerError, BrokerFuture, Delivery};
 use socketcluster_server::{Limits, Publication, Server, ServerEvent};
 
-/// PROTOCOL.md 11.1: subscribe, publish (transmit and invoke), unsubscribe, errors.
+/// docs/PROTOCOL.md 11.1: subscribe, publish (transmit and invoke), unsubscribe, errors.
 #[tokio::test]
 async fn subscribe_publish_unsubscribe_frames_match_the_js_server() {
     let server = start(config()).await;

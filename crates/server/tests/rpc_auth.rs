@@ -1,4 +1,4 @@
-//! RPC (PROTOCOL.md 3.3, 3.4, 7) and authentication (5, 3.6.2-3.6.4) on the wire.
+//! RPC (docs/PROTOCOL.md 3.3, 3.4, 7) and authentication (5, 3.6.2-3.6.4) on the wire.
 
 mod common;
 
@@ -8,7 +8,7 @@ use common::*;
 use serde_json::{Value, json};
 use socketcluster_server::{InvokeError, ServerEvent, UnhandledProcedure};
 
-/// PROTOCOL.md 11.1: echo, no data, named error, plain error, no handler, batches.
+/// docs/PROTOCOL.md 11.1: echo, no data, named error, plain error, no handler, batches.
 #[tokio::test]
 async fn rpc_frames_match_the_js_server() {
     let server = start(config()).await;
@@ -413,7 +413,7 @@ async fn rotating_the_key_invalidates_old_tokens() {
     assert_eq!(v["data"]["authError"]["message"], "invalid signature");
 }
 
-/// SV-6 / SV-7 (PROTOCOL.md 5.6, 12.2): `deauthenticate_with(reject_on_failed_delivery)`
+/// SV-6 / SV-7 (docs/PROTOCOL.md 5.6, 12.2): `deauthenticate_with(reject_on_failed_delivery)`
 /// on a closed socket fails with `BadConnectionError` (and a warning); without the
 /// option it does not fail. On an open socket it invokes `#removeAuthToken` with a cid
 /// and resolves once the client acknowledges.

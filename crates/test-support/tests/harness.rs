@@ -102,7 +102,7 @@ async fn basic_session(server_version: JsVersion, client_version: JsVersion) {
     let closure = server.wait_for("closure", WAIT).await;
     // The runner closes with 1000. The JS server reports 1006 instead when one of its
     // pings (every 200 ms here) races the closing handshake: its send fails with
-    // "WebSocket is not open" and it calls that a hang-up (PROTOCOL.md 4.3, 1006).
+    // "WebSocket is not open" and it calls that a hang-up (docs/PROTOCOL.md 4.3, 1006).
     let raced = closure["code"] == 1006
         && closure["reason"]
             .as_str()
@@ -253,7 +253,7 @@ async fn commands_session(version: JsVersion) {
     let disconnect = client.wait_event(is_client_event("disconnect"), WAIT).await;
     assert_eq!(disconnect["data"]["code"], 4321);
     if version == JsVersion::V20 {
-        // v14 servers do not put the reason in the close frame (PROTOCOL.md 1.4)
+        // v14 servers do not put the reason in the close frame (docs/PROTOCOL.md 1.4)
         assert_eq!(disconnect["data"]["reason"], "bye");
     }
     let closure = server.wait_for("closure", WAIT).await;

@@ -1,4 +1,4 @@
-//! The auth state (PROTOCOL.md 5.7): `authenticate` / `deauthenticate` from the
+//! The auth state (docs/PROTOCOL.md 5.7): `authenticate` / `deauthenticate` from the
 //! application, the server's `#setAuthToken` / `#removeAuthToken`, replies to
 //! `#authenticate`, and the token store's results. Re-authentication through the token
 //! provider is in `reauth.rs`.
@@ -158,7 +158,7 @@ impl Session {
                 is_authenticated: s.is_authenticated,
                 auth_error: s.auth_error,
             },
-            // JS: a reply without isAuthenticated authenticates (PROTOCOL.md 3.6.2).
+            // JS: a reply without isAuthenticated authenticates (docs/PROTOCOL.md 3.6.2).
             None => AuthStatus {
                 is_authenticated: true,
                 auth_error: None,
@@ -212,7 +212,7 @@ impl Session {
                 self.schedule_refresh(now);
             }
             None => {
-                // Documented difference (PROTOCOL.md 12.3 X-6): a #setAuthToken without
+                // Documented difference (docs/PROTOCOL.md 12.3 X-6): a #setAuthToken without
                 // a token string is ignored.
                 if let Some(cid) = cid {
                     let err = WireError::Object(wire::no_token_data());

@@ -1,4 +1,4 @@
-//! The channel table (PROTOCOL.md 6): subscribing, **when the client (re)subscribes**,
+//! The channel table (docs/PROTOCOL.md 6): subscribing, **when the client (re)subscribes**,
 //! what a rejection does, unsubscribing, kick-outs, and delivering publications.
 //!
 //! A channel is (re)subscribed by [`Session::try_subscribe`], which every path goes
@@ -323,7 +323,7 @@ impl Session {
         }
     }
 
-    /// Local unsubscribe (PROTOCOL.md 6.3) or kick-out (`send == false`).
+    /// Local unsubscribe (docs/PROTOCOL.md 6.3) or kick-out (`send == false`).
     pub(super) fn unsubscribe(&mut self, channel: &str, why: SubscribeError, send: bool) {
         let Some(mut entry) = self.channels.shift_remove(channel) else {
             return;
@@ -396,7 +396,7 @@ impl Session {
     }
 
     /// A publication on `channel` (application name): to every consumer, in any state
-    /// including pending (PROTOCOL.md 6.5).
+    /// including pending (docs/PROTOCOL.md 6.5).
     pub(super) fn deliver_publication(&mut self, channel: &str, data: Option<&RawValue>) {
         let Some(entry) = self.channels.get_mut(channel) else {
             return;

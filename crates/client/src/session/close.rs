@@ -1,5 +1,5 @@
-//! Ending connections: `disconnect`, the close sequence (PROTOCOL.md 6.4, 7.1, 8.1),
-//! the reconnect decision (PROTOCOL.md 4.3, 8.4) and `close` (the end of the client).
+//! Ending connections: `disconnect`, the close sequence (docs/PROTOCOL.md 6.4, 7.1, 8.1),
+//! the reconnect decision (docs/PROTOCOL.md 4.3, 8.4) and `close` (the end of the client).
 
 use socketcluster_protocol::reserved as ev;
 use socketcluster_protocol::{CloseCode, ErrorObject, ProtocolVersion, WireError};
@@ -24,7 +24,7 @@ impl Session {
     }
 
     /// A v14 client transmits `#disconnect` `{code, data}` before it closes an open
-    /// connection itself (PROTOCOL.md 1.4; v14 `SCTransport.close`); v20 peers do not.
+    /// connection itself (docs/PROTOCOL.md 1.4; v14 `SCTransport.close`); v20 peers do not.
     fn announce_v1_disconnect(&mut self, code: CloseCode, reason: Option<&str>) {
         if self.opts.protocol_version == ProtocolVersion::V1 && self.is_open() {
             self.write_direct(ev::v1_disconnect_frame(code.0, reason));
@@ -173,7 +173,7 @@ impl Session {
             }
         }
 
-        // Reconnect policy (PROTOCOL.md 4.3, 8.4).
+        // Reconnect policy (docs/PROTOCOL.md 4.3, 8.4).
         if self.opts.auto_reconnect
             && !self.terminated
             && let Some(delay) = self.backoff.after_close(code, (self.unit_random)())

@@ -1,4 +1,4 @@
-//! Connecting: dialing, `#handshake` (PROTOCOL.md 3.6.1), and what happens when a
+//! Connecting: dialing, `#handshake` (docs/PROTOCOL.md 3.6.1), and what happens when a
 //! connection opens (auth state, re-authentication, subscriptions, the queue).
 
 use std::time::Duration;
@@ -96,7 +96,7 @@ impl Session {
         resp: ResponsePacket,
     ) {
         if let Some(err) = resp.error() {
-            // PROTOCOL.md 8.2: error event, then close with statusCode or 4003.
+            // docs/PROTOCOL.md 8.2: error event, then close with statusCode or 4003.
             let code = err
                 .as_object()
                 .and_then(ErrorObject::status_code)

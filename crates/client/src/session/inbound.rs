@@ -1,4 +1,4 @@
-//! The way in: frames (PROTOCOL.md 2, 3.1), responses to our requests, and the events the
+//! The way in: frames (docs/PROTOCOL.md 2, 3.1), responses to our requests, and the events the
 //! server sends (publications, kick-outs, auth tokens, server → client RPC).
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The way out: the outbound queue (messages issued while not connected, or held back by
 //! a re-authentication), sending requests, answering server invokes, and batching
-//! (PROTOCOL.md 8.5).
+//! (docs/PROTOCOL.md 8.5).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -111,7 +111,7 @@ impl Session {
             return;
         }
         if matches!(self.phase, Phase::Closed) {
-            // JS: every transmit/invoke on a closed client connects it (PROTOCOL.md 7.1).
+            // JS: every transmit/invoke on a closed client connects it (docs/PROTOCOL.md 7.1).
             self.start_connect(now);
         }
         if self.is_open()
@@ -145,7 +145,7 @@ impl Session {
     }
 
     /// A queued message reached its ack timeout: an invoke fails with `TimeoutError`, a
-    /// transmit is silently dropped (PROTOCOL.md 7.1).
+    /// transmit is silently dropped (docs/PROTOCOL.md 7.1).
     pub(super) fn expire_queued(&mut self, qid: u64) {
         let queue = &mut self.outbound.queue;
         if let Some(pos) = queue.iter().position(|q| q.qid == qid)

@@ -1,4 +1,4 @@
-//! Part 2: channels (PROTOCOL.md 6).
+//! Part 2: channels (docs/PROTOCOL.md 6).
 
 use std::time::Duration;
 

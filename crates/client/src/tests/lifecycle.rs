@@ -100,7 +100,7 @@ async fn remote_error_becomes_a_typed_error_with_name_message_and_extras() {
     let o = err.remote().unwrap().as_object().unwrap();
     assert_eq!(o.message, "Something failed");
     assert_eq!(o.get("extra"), Some(&json!(42)));
-    // a falsy error is a success (PROTOCOL.md 3.4)
+    // a falsy error is a success (docs/PROTOCOL.md 3.4)
     let c3 = client.clone();
     let call = tokio::spawn(async move { c3.invoke::<String, _>("f", &1).await });
     let req = conn.recv_json().await;
@@ -319,7 +319,7 @@ async fn client_disconnect_sends_the_code_and_applies_the_policy_to_it() {
     assert_eq!(client.state(), ConnectionState::Closed);
 }
 
-/// PROTOCOL.md 1.4: a v14 client transmits `#disconnect` before closing an open
+/// docs/PROTOCOL.md 1.4: a v14 client transmits `#disconnect` before closing an open
 /// connection itself (disconnect, reconnect, close); v20 does not (the test above:
 /// `recv_close` fails on any text frame).
 #[tokio::test(start_paused = true)]
@@ -390,7 +390,7 @@ async fn server_ping_timeout_closes_with_4000_and_reconnects_at_once() {
     conn.handshake(json!({"id":"a","pingTimeout":400,"isAuthenticated":false}))
         .await;
     let start = Instant::now();
-    // ordinary traffic does not reset the deadline (PROTOCOL.md 8.3)
+    // ordinary traffic does not reset the deadline (docs/PROTOCOL.md 8.3)
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         conn.send_json(json!({"event":"tick"})).await;

@@ -182,7 +182,7 @@ impl AuthKey {
     }
 }
 
-/// JWT settings (PROTOCOL.md 5.1, JS options `authKey`, `authPrivateKey`,
+/// JWT settings (docs/PROTOCOL.md 5.1, JS options `authKey`, `authPrivateKey`,
 /// `authPublicKey`, `authAlgorithm`, `authVerifyAlgorithms`, `authDefaultExpiry`).
 #[derive(Clone, Debug)]
 #[non_exhaustive]

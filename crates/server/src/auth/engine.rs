@@ -467,7 +467,7 @@ mod tests {
 
     #[test]
     fn signs_exactly_like_the_captured_js_token() {
-        // PROTOCOL.md 11.2: payload {"username":"bob","iat":1795965663,"exp":1796052063}
+        // docs/PROTOCOL.md 11.2: payload {"username":"bob","iat":1795965663,"exp":1796052063}
         let token = engine()
             .sign_at(
                 claims(json!({"username": "bob"})),

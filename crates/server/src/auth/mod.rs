@@ -1,5 +1,5 @@
 //! JWT signing and verification that behaves like the JS server's `ag-auth` engine
-//! (which wraps `jsonwebtoken` 9 for Node), PROTOCOL.md 5.
+//! (which wraps `jsonwebtoken` 9 for Node), docs/PROTOCOL.md 5.
 //!
 //! Verification follows the JS verifier step by step so that the same token yields the
 //! same error message on the wire:

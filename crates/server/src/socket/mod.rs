@@ -33,7 +33,7 @@ pub(crate) use shared::{AuthInfo, ServerLink, SocketShared};
 pub(crate) use streams::MessageKind;
 pub use streams::{EventStream, MessageStream, RequestStream, STREAM_CAPACITY};
 
-/// Connection state of a socket (PROTOCOL.md 8.6).
+/// Connection state of a socket (docs/PROTOCOL.md 8.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SocketState {
     /// WebSocket accepted, `#handshake` not completed.
@@ -356,7 +356,7 @@ impl Socket {
 
     /// Buffer every packet sent to this socket and flush them as one JSON array frame
     /// every [`crate::ServerConfig::batch_interval`] (JS `socket.startBatching()`,
-    /// PROTOCOL.md 8.5). Responses, events, invokes and publications are batched;
+    /// docs/PROTOCOL.md 8.5). Responses, events, invokes and publications are batched;
     /// pings never are. Stays on until [`Socket::stop_batching`] or
     /// [`Socket::cancel_batching`] (a `batch_on_handshake` window ending does not
     /// stop it).

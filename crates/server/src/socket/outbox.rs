@@ -61,7 +61,7 @@ pub(crate) struct Outbox {
     queued: AtomicUsize,
     limit: usize,
     overflowed: AtomicBool,
-    /// Packets are being buffered into `batch` (PROTOCOL.md 8.5; JS `isBufferingBatch`).
+    /// Packets are being buffered into `batch` (docs/PROTOCOL.md 8.5; JS `isBufferingBatch`).
     buffering: AtomicBool,
 }
 

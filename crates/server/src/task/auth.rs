@@ -40,7 +40,7 @@ impl SocketTask {
                     }
                     self.reply_err(cid, &WireError::Object(e));
                     // The state is already cleared: only a deauthentication event with no
-                    // old token, then #removeAuthToken after the reply (PROTOCOL.md 5.4).
+                    // old token, then #removeAuthToken after the reply (docs/PROTOCOL.md 5.4).
                     self.deauthenticate_inner(true, None);
                     if was_auth {
                         self.on_auth_lost();

@@ -23,7 +23,7 @@ impl SocketTask {
         let field = parse_handshake_token(data.as_deref());
         let outcome = self.server.auth_engine().verify_field(&field);
         if self.state == SocketState::Open {
-            // A repeated #handshake (PROTOCOL.md 3.6.1, X-12): re-verify the token and
+            // A repeated #handshake (docs/PROTOCOL.md 3.6.1, X-12): re-verify the token and
             // answer with the same id; handshake middleware is not run again and the
             // socket is not counted twice.
             return self.authenticate_for_handshake(cid, outcome, true);
@@ -75,7 +75,7 @@ impl SocketTask {
             tracing::info!(socket = %self.shared.id, status = code, "handshake rejected");
             let mut packet = ResponsePacket::err(cid, &err);
             if self.version == ProtocolVersion::V1 {
-                // v14 clients read the close code from `data.code` (PROTOCOL.md 1.4).
+                // v14 clients read the close code from `data.code` (docs/PROTOCOL.md 1.4).
                 packet.data = RawValue::from_string(format!("{{\"code\":{code}}}")).ok();
             }
             self.shared
@@ -161,7 +161,7 @@ impl SocketTask {
             self.start_outbound_pipeline();
         }
         // The handshake reply is never batched; batching on handshake starts right
-        // after it (PROTOCOL.md 8.5).
+        // after it (docs/PROTOCOL.md 8.5).
         self.shared.outbox.push_unbatched(Utf8Bytes::from(
             ResponsePacket::ok(cid, Some(status.to_raw())).encode(),
         ));

@@ -4,7 +4,7 @@
 //! Processing never awaits inline: work that needs to wait (middleware, a remote broker)
 //! becomes a *step* future stored in the task; while it is pending the task keeps
 //! serving timers, commands and reading ahead (bounded), but does not process the next
-//! inbound message, which preserves per-socket ordering (PROTOCOL.md 2.4, 7.2, 8.3).
+//! inbound message, which preserves per-socket ordering (docs/PROTOCOL.md 2.4, 7.2, 8.3).
 //!
 //! Where things are (all `impl SocketTask` blocks):
 //!
@@ -125,7 +125,7 @@ struct SocketTask {
     /// fires (not per message).
     heartbeat: Pin<Box<Sleep>>,
     next_ping: Instant,
-    /// Last message from the peer + ping timeout (PROTOCOL.md 8.3).
+    /// Last message from the peer + ping timeout (docs/PROTOCOL.md 8.3).
     pong_deadline: Instant,
     /// Armed until the `#handshake` arrives.
     handshake_deadline: Timer,
@@ -134,7 +134,7 @@ struct SocketTask {
     bucket: Option<Bucket>,
     /// Reading pauses while armed (inbound rate limit).
     throttle: Timer,
-    /// The periodic batch flush (PROTOCOL.md 8.5), while it runs.
+    /// The periodic batch flush (docs/PROTOCOL.md 8.5), while it runs.
     batch_tick: Option<Interval>,
     /// The `batch_on_handshake` window, while it is open.
     batch_window: Timer,

@@ -98,7 +98,7 @@ impl SocketTask {
         data: Option<Box<RawValue>>,
         expired: Option<ErrorObject>,
     ) {
-        // A transmitted #subscribe is not acted upon (PROTOCOL.md 3.6.5).
+        // A transmitted #subscribe is not acted upon (docs/PROTOCOL.md 3.6.5).
         let Some(cid) = cid else { return };
         let Some(req) = SubscribeRequest::parse(data.as_deref()) else {
             return self.fail(Some(cid), wire::subscribe_malformatted());

@@ -255,14 +255,14 @@ impl SocketTask {
         }
     }
 
-    /// A pong restarts the pong deadline (PROTOCOL.md 8.3). Only the deadline moves;
+    /// A pong restarts the pong deadline (docs/PROTOCOL.md 8.3). Only the deadline moves;
     /// the heartbeat timer notices when it fires.
     pub(super) fn reset_pong_deadline(&mut self) {
         self.pong_deadline = Instant::now() + self.server.config.ping_timeout;
     }
 
     /// Any other message restarts it if more than `pingTimeout/4` has elapsed since the
-    /// last restart (JS server, PROTOCOL.md 8.3).
+    /// last restart (JS server, docs/PROTOCOL.md 8.3).
     pub(super) fn maybe_reset_pong_deadline(&mut self) {
         let timeout = self.server.config.ping_timeout;
         let now = Instant::now();
@@ -277,7 +277,7 @@ impl SocketTask {
             return self.close(4001, "");
         }
         if now >= self.next_ping {
-            // Pings are never batched (PROTOCOL.md 8.5).
+            // Pings are never batched (docs/PROTOCOL.md 8.5).
             self.shared
                 .outbox
                 .push_unbatched(Utf8Bytes::from_static(self.version.ping()));
