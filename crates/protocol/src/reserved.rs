@@ -7,6 +7,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::error::ErrorObject;
+use crate::history::StreamPosition;
 use crate::json;
 
 /// `#handshake` (client -> server invoke).
@@ -228,8 +229,11 @@ pub struct SubscribeRequest {
     /// Subscription `data` (written only when truthy).
     pub data: Option<Box<RawValue>>,
     /// Every other key of the request data, in order (`subscriptionOptions` on the server,
-    /// with `waitForAuth` and `data` included as sent).
+    /// with `waitForAuth`, `data` and `recover` included as sent).
     pub options: serde_json::Map<String, Value>,
+    /// The position to recover from (`"recover":{"epoch":E,"offset":N}`, this project's
+    /// extension, docs/PROTOCOL.md 14.16; written last, ignored by JS servers).
+    pub recover: Option<StreamPosition>,
 }
 
 impl PartialEq for SubscribeRequest {
@@ -238,6 +242,7 @@ impl PartialEq for SubscribeRequest {
             && self.wait_for_auth == o.wait_for_auth
             && crate::packet::raw_eq(&self.data, &o.data)
             && self.options == o.options
+            && self.recover == o.recover
     }
 }
 
@@ -249,6 +254,7 @@ impl SubscribeRequest {
             wait_for_auth: false,
             data: None,
             options: serde_json::Map::new(),
+            recover: None,
         }
     }
 
@@ -264,6 +270,10 @@ impl SubscribeRequest {
         if let Some(d) = self.data.as_deref().filter(|d| json::is_truthy(d.get())) {
             b.push_str(",\"data\":");
             b.push_str(d.get());
+        }
+        if let Some(p) = &self.recover {
+            b.push_str(",\"recover\":");
+            b.push_str(&p.to_json());
         }
         b.push('}');
         raw(b)
@@ -284,11 +294,13 @@ impl SubscribeRequest {
         let data = m
             .get("data")
             .and_then(|d| RawValue::from_string(d.to_string()).ok());
+        let recover = m.get("recover").and_then(StreamPosition::from_value);
         Some(SubscribeRequest {
             channel,
             wait_for_auth,
             data,
             options: m,
+            recover,
         })
     }
 }
@@ -327,11 +339,16 @@ pub struct PublishData {
     pub channel: String,
     /// Published data (`None` when absent).
     pub data: Option<Box<RawValue>>,
+    /// The publication's stream position, on a channel with history (`offset` and
+    /// `epoch`, docs/PROTOCOL.md 14.16).
+    pub position: Option<StreamPosition>,
 }
 
 impl PartialEq for PublishData {
     fn eq(&self, o: &Self) -> bool {
-        self.channel == o.channel && crate::packet::raw_eq(&self.data, &o.data)
+        self.channel == o.channel
+            && crate::packet::raw_eq(&self.data, &o.data)
+            && self.position == o.position
     }
 }
 
@@ -343,15 +360,27 @@ pub fn parse_publish(data: Option<&RawValue>) -> Option<PublishData> {
         channel: Option<&'a RawValue>,
         #[serde(borrow, default, deserialize_with = "present")]
         data: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        offset: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        epoch: Option<&'a RawValue>,
     }
     fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
         <&RawValue as serde::Deserialize>::deserialize(d).map(Some)
     }
     let p: P<'_> = serde_json::from_str(data?.get()).ok()?;
     let channel: String = serde_json::from_str(p.channel?.get()).ok()?;
+    let position = match (p.offset, p.epoch) {
+        (Some(o), Some(e)) => serde_json::from_str::<u64>(o.get())
+            .ok()
+            .zip(serde_json::from_str::<String>(e.get()).ok())
+            .map(|(offset, epoch)| StreamPosition { epoch, offset }),
+        _ => None,
+    };
     Some(PublishData {
         channel,
         data: p.data.map(RawValue::to_owned),
+        position,
     })
 }
 
@@ -363,38 +392,74 @@ pub struct PublishFrame<'a> {
     pub channel: &'a str,
     /// Published data.
     pub data: &'a RawValue,
+    /// `offset` and `epoch` on a channel with history (docs/PROTOCOL.md 14.16); the epoch
+    /// contains no escape sequence.
+    pub position: Option<(u64, &'a str)>,
 }
 
 /// Prefix of every `#publish` frame as [`publish_frame`] and the JS server write it.
 const PUBLISH_PREFIX: &str = "{\"event\":\"#publish\",\"data\":{\"channel\":\"";
 
+/// A JSON string's contents up to its closing quote, when it has no escape sequence;
+/// returns it and what follows the quote.
+fn plain_string(s: &str) -> Option<(&str, &str)> {
+    let end = s.find('"')?;
+    let v = &s[..end];
+    if v.bytes().any(|b| b == b'\\' || b < 0x20) {
+        return None;
+    }
+    Some((v, &s[end + 1..]))
+}
+
+/// `,"offset":N,"epoch":"E"` at the start of `s` (as [`crate::history::publish_frame_at`]
+/// writes it): the position and what follows.
+fn position_suffix(s: &str) -> Option<((u64, &str), &str)> {
+    let s = s.strip_prefix(",\"offset\":")?;
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || digits > 20 || (digits > 1 && s.starts_with('0')) {
+        return None;
+    }
+    let offset: u64 = s[..digits].parse().ok()?;
+    let s = s[digits..].strip_prefix(",\"epoch\":\"")?;
+    let (epoch, rest) = plain_string(s)?;
+    Some(((offset, epoch), rest))
+}
+
 /// One-pass fast path for inbound `#publish` frames in the exact form servers send them
-/// (ours via [`publish_frame`], and the JS server):
-/// `{"event":"#publish","data":{"channel":"<name>","data":<JSON>}}`, with no escape
-/// sequence in the channel name. The data is validated as JSON while it is located;
-/// nothing is allocated.
+/// (ours via [`publish_frame`] and [`crate::history::publish_frame_at`], and the JS
+/// server): `{"event":"#publish","data":{"channel":"<name>","data":<JSON>}}`, optionally
+/// with `,"offset":N,"epoch":"<epoch>"` after the data, with no escape sequence in the
+/// channel name or epoch. The data is validated as JSON while it is located; nothing is
+/// allocated.
 ///
 /// `None` for every other frame, including valid ones in another shape (other key
 /// order, whitespace, escapes, extra keys, absent data): decode those with
 /// [`crate::codec::decode`] and [`parse_publish`]. For every frame this accepts, that
-/// general path yields the same channel and data (property-tested).
+/// general path yields the same channel, data and position (property-tested).
 pub fn parse_publish_frame(text: &str) -> Option<PublishFrame<'_>> {
     let rest = text.strip_prefix(PUBLISH_PREFIX)?;
-    let end = rest.find('"')?;
-    let channel = &rest[..end];
-    if channel.bytes().any(|b| b == b'\\' || b < 0x20) {
-        return None;
-    }
-    let rest = rest[end + 1..].strip_prefix(",\"data\":")?;
+    let (channel, rest) = plain_string(rest)?;
+    let rest = rest.strip_prefix(",\"data\":")?;
     let mut de = serde_json::Deserializer::from_str(rest);
     let data: &RawValue = serde::Deserialize::deserialize(&mut de).ok()?;
     // The raw value borrows from `rest`: what follows it must close both objects.
     let value_end = data.get().as_ptr() as usize - rest.as_ptr() as usize + data.get().len();
-    let mut tail = rest[value_end..]
+    let mut rest = &rest[value_end..];
+    let mut position = None;
+    if rest.starts_with(',') {
+        let (p, after) = position_suffix(rest)?;
+        position = Some(p);
+        rest = after;
+    }
+    let mut tail = rest
         .bytes()
         .filter(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t'));
     if tail.next() == Some(b'}') && tail.next() == Some(b'}') && tail.next().is_none() {
-        Some(PublishFrame { channel, data })
+        Some(PublishFrame {
+            channel,
+            data,
+            position,
+        })
     } else {
         None
     }

@@ -61,6 +61,12 @@ fn check_agrees(text: &str) -> Result<(), TestCaseError> {
             "{}",
             text
         );
+        prop_assert_eq!(
+            fast.position.map(|(o, e)| (o, e.to_owned())),
+            slow.position.map(|p| (p.offset, p.epoch)),
+            "{}",
+            text
+        );
     }
     Ok(())
 }
@@ -81,6 +87,56 @@ proptest! {
             "{}",
             text
         );
+    }
+
+    #[test]
+    fn positioned_frames_take_the_fast_path_with_their_position(
+        ch in channel(),
+        data in prop::option::of(json_value()),
+        offset in any::<u64>(),
+        epoch in prop_oneof!["[a-zA-Z0-9]{8}", any::<String>()],
+    ) {
+        let raw = data.as_ref().map(|v| RawValue::from_string(v.to_string()).unwrap());
+        let text = socketcluster_protocol::history::publish_frame_at(&ch, raw.as_deref(), offset, &epoch);
+        check_agrees(&text)?;
+        let slow = general(&text).expect("the general path reads every positioned frame");
+        prop_assert_eq!(slow.position.map(|p| (p.offset, p.epoch)), Some((offset, epoch.clone())));
+        let needs_escape = |s: &str| s.chars().any(|c| c == '"' || c == '\\' || c < ' ');
+        let fast = reserved::parse_publish_frame(&text);
+        prop_assert_eq!(
+            fast.is_some(),
+            raw.is_some() && !needs_escape(&ch) && !needs_escape(&epoch),
+            "{}",
+            text
+        );
+        if let Some(f) = fast {
+            prop_assert_eq!(f.position, Some((offset, epoch.as_str())));
+        }
+    }
+
+    #[test]
+    fn mangled_positioned_frames_never_disagree(
+        ch in channel(),
+        data in json_value(),
+        offset in any::<u64>(),
+        at in any::<prop::sample::Index>(),
+        edit in 0u8..5,
+        byte in prop_oneof![Just(b' '), Just(b'}'), Just(b'"'), Just(b','), Just(b'0'), any::<u8>()],
+    ) {
+        let raw = RawValue::from_string(data.to_string()).unwrap();
+        let text = socketcluster_protocol::history::publish_frame_at(&ch, Some(&raw), offset, "Ab3dE6gH");
+        let mut bytes = text.into_bytes();
+        let i = at.index(bytes.len() + 1);
+        match edit {
+            0 => bytes.insert(i, byte),
+            1 if i < bytes.len() => { bytes.remove(i); }
+            2 if i < bytes.len() => bytes[i] = byte,
+            3 => bytes.truncate(i),
+            _ => bytes.extend_from_slice(b" \n"),
+        }
+        if let Ok(text) = String::from_utf8(bytes) {
+            check_agrees(&text)?;
+        }
     }
 
     #[test]

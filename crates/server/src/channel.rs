@@ -9,14 +9,17 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use socketcluster_protocol::RawValue;
+use socketcluster_protocol::history::publish_frame_at;
 use socketcluster_protocol::reserved::publish_frame;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One published message: the channel, the data (raw JSON, never re-parsed by the
-/// server), and the pre-encoded `#publish` frame shared by every recipient.
+/// server), its stream position on a channel with history, and the pre-encoded
+/// `#publish` frame shared by every recipient.
 pub struct Publication {
     channel: Box<str>,
     data: Option<Box<RawValue>>,
+    position: Option<(u64, Arc<str>)>,
     frame: Utf8Bytes,
 }
 
@@ -24,6 +27,7 @@ impl fmt::Debug for Publication {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publication")
             .field("channel", &self.channel)
+            .field("position", &self.position)
             .field("bytes", &self.frame.len())
             .finish()
     }
@@ -36,8 +40,44 @@ impl Publication {
         Arc::new(Publication {
             channel: channel.into(),
             data,
+            position: None,
             frame: Utf8Bytes::from(frame),
         })
+    }
+
+    /// Build a publication of a channel with history, at `offset` in the stream `epoch`:
+    /// its frame carries both (docs/PROTOCOL.md 14.16). Brokers that keep history call
+    /// this.
+    pub fn with_position(
+        channel: &str,
+        data: Option<Box<RawValue>>,
+        offset: u64,
+        epoch: Arc<str>,
+    ) -> Arc<Publication> {
+        let frame = publish_frame_at(channel, data.as_deref(), offset, &epoch);
+        Arc::new(Publication {
+            channel: channel.into(),
+            data,
+            position: Some((offset, epoch)),
+            frame: Utf8Bytes::from(frame),
+        })
+    }
+
+    /// The offset in its channel's stream (channels with history only).
+    pub fn offset(&self) -> Option<u64> {
+        self.position.as_ref().map(|(o, _)| *o)
+    }
+
+    /// The epoch of its channel's stream (channels with history only).
+    pub fn epoch(&self) -> Option<&str> {
+        self.position.as_ref().map(|(_, e)| &**e)
+    }
+
+    /// Both, as a [`StreamPosition`](socketcluster_protocol::StreamPosition).
+    pub fn position(&self) -> Option<socketcluster_protocol::StreamPosition> {
+        self.position
+            .as_ref()
+            .map(|(o, e)| socketcluster_protocol::StreamPosition::new(&**e, *o))
     }
 
     /// The channel name.

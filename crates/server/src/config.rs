@@ -8,6 +8,7 @@ use std::time::Duration;
 use socketcluster_protocol::ProtocolVersion;
 
 use crate::auth::AuthConfig;
+use crate::history::HistoryConfig;
 use crate::limits::Limits;
 
 /// What happens when a client invokes a procedure that has no handler.
@@ -109,6 +110,9 @@ pub struct ServerConfig {
     /// request/response traffic on the fast path. Do not enable it in tests that pause
     /// tokio's clock: a spinning task keeps the runtime from auto-advancing time.
     pub busy_poll: Option<Duration>,
+    /// Channel history and recovery (no JS equivalent; docs/PROTOCOL.md 14.16). Default:
+    /// no channel has history.
+    pub history: HistoryConfig,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -141,6 +145,7 @@ impl fmt::Debug for ServerConfig {
             )
             .field("batch_interval", &self.batch_interval)
             .field("busy_poll", &self.busy_poll)
+            .field("history", &self.history)
             .finish()
     }
 }
@@ -172,6 +177,7 @@ impl Default for ServerConfig {
             batch_on_handshake_duration: Duration::from_millis(400),
             batch_interval: Duration::from_millis(50),
             busy_poll: None,
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -227,6 +233,8 @@ impl ServerConfig {
         with_batch_interval, batch_interval: Duration);
     setter!(/// Set `busy_poll` (`None`: off).
         with_busy_poll, busy_poll: Option<Duration>);
+    setter!(/// Set `history`.
+        with_history, history: HistoryConfig);
 
     /// Set `host`.
     pub fn with_host(mut self, host: impl Into<String>) -> Self {
@@ -242,50 +250,5 @@ impl ServerConfig {
     pub fn with_origins(mut self, origins: impl Into<String>) -> Self {
         self.origins = origins.into();
         self
-    }
-}
-
-/// `*` glob matching for [`ServerConfig::auth_channels`].
-pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
-    let p = pattern.as_bytes();
-    let n = name.as_bytes();
-    let (mut pi, mut ni) = (0usize, 0usize);
-    let (mut star, mut mark) = (None::<usize>, 0usize);
-    while ni < n.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if pi < p.len() && p[pi] == n[ni] {
-            pi += 1;
-            ni += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob_match;
-
-    #[test]
-    fn glob_matches_stars() {
-        assert!(glob_match("private-*", "private-bob"));
-        assert!(glob_match("private-*", "private-"));
-        assert!(!glob_match("private-*", "public"));
-        assert!(glob_match("*", ""));
-        assert!(glob_match("a*b*c", "axxbyyc"));
-        assert!(!glob_match("a*b*c", "axxbyy"));
-        assert!(glob_match("exact", "exact"));
-        assert!(!glob_match("exact", "exactly"));
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::broker::BrokerError;
 use crate::channel::Publication;
 use crate::error::PublishError;
+use crate::history::{HistoryRead, StreamPosition};
 use crate::hub::{ExchangeSink, Subscriber};
 use crate::state::ServerState;
 
@@ -56,14 +57,56 @@ impl Exchange {
         channel: &str,
         data: Option<Box<RawValue>>,
     ) -> Result<(), PublishError> {
-        let p = Publication::new(channel, data);
+        self.publish_raw_at(channel, data).await.map(|_| ())
+    }
+
+    /// Publish raw JSON; on a channel with history, returns the stream position the
+    /// publication took (`None` on other channels).
+    ///
+    /// ```no_run
+    /// # async fn demo(server: socketcluster_server::Server) -> Result<(), Box<dyn std::error::Error>> {
+    /// let data = serde_json::value::to_raw_value(&"hello")?;
+    /// if let Some(pos) = server.exchange().publish_raw_at("chat/1", Some(data)).await? {
+    ///     println!("published at offset {} of epoch {}", pos.offset, pos.epoch);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_raw_at(
+        &self,
+        channel: &str,
+        data: Option<Box<RawValue>>,
+    ) -> Result<Option<StreamPosition>, PublishError> {
         self.state
             .stats
             .publications
             .fetch_add(1, Ordering::Relaxed);
         crate::metrics::publication_in("server");
+        if let Some(rule) = self.state.config.history.rule_for(channel) {
+            let pos = self
+                .state
+                .broker
+                .publish_with_history(channel, data, rule)
+                .await?;
+            return Ok(Some(pos));
+        }
+        let p = Publication::new(channel, data);
         self.state.broker.publish(p).await?;
-        Ok(())
+        Ok(None)
+    }
+
+    /// Read a channel's history: its current position and up to `limit` publications
+    /// after offset `since` (the oldest kept ones with `None`), oldest first. Fails for a
+    /// channel without history.
+    pub async fn history(
+        &self,
+        channel: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryRead, BrokerError> {
+        let Some(rule) = self.state.config.history.rule_for(channel) else {
+            return Err(BrokerError(format!("the {channel} channel has no history")));
+        };
+        self.state.broker.history(channel, rule, since, limit).await
     }
 
     /// Subscribe to a channel from the server. The subscription is a `Stream` of

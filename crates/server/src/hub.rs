@@ -247,6 +247,12 @@ impl ChannelHub {
         subs.len()
     }
 
+    /// Whether the channel has any local subscriber.
+    pub(crate) fn is_subscribed(&self, channel: &str) -> bool {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.contains_key(channel)
+    }
+
     /// Whether the channel has any exchange (server-side) subscriber.
     pub(crate) fn has_exchange_subscriber(&self, channel: &str) -> bool {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());

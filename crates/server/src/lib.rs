@@ -9,6 +9,8 @@ mod config;
 mod error;
 mod events;
 pub mod exchange;
+mod glob;
+pub mod history;
 mod hub;
 mod limits;
 mod listener;
@@ -33,6 +35,7 @@ pub use error::{
 };
 pub use events::{AuthState, ServerEvent, ServerEvents, StatsSnapshot};
 pub use exchange::{Exchange, ExchangeSubscription};
+pub use history::{HistoryConfig, HistoryRule, StreamPosition};
 pub use limits::{CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, Limits, RateLimit};
 pub use middleware::{Block, HandshakeRequest, InboundAction, InboundKind, InboundRawAction};
 pub use rpc::{ReceivedEvent, Request};

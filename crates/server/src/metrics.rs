@@ -14,6 +14,8 @@
 //! | `socketcluster_server_rpc_duration_seconds` | histogram | | time from receiving an invoke to answering it |
 //! | `socketcluster_server_slow_consumer_disconnects_total` | counter | | sockets dropped for exceeding the outbound queue limit |
 //! | `socketcluster_server_exchange_dropped_total` | counter | | publications dropped for a full server-side subscription |
+//! | `socketcluster_server_recoveries_total` | counter | `outcome` (`recovered`, `not_recovered`) | subscriptions that asked to recover a stream position |
+//! | `socketcluster_server_recovered_publications_total` | counter | | publications replayed by recoveries |
 
 use std::time::Instant;
 
@@ -63,6 +65,19 @@ pub(crate) fn exchange_dropped() {
     metrics::counter!("socketcluster_server_exchange_dropped_total").increment(1);
 }
 
+pub(crate) fn recovery(recovered: bool, replayed: usize) {
+    let outcome = if recovered {
+        "recovered"
+    } else {
+        "not_recovered"
+    };
+    metrics::counter!("socketcluster_server_recoveries_total", "outcome" => outcome).increment(1);
+    if replayed > 0 {
+        metrics::counter!("socketcluster_server_recovered_publications_total")
+            .increment(replayed as u64);
+    }
+}
+
 /// Register descriptions of every metric above with the installed recorder.
 pub fn describe() {
     use metrics::{describe_counter, describe_histogram};
@@ -106,5 +121,13 @@ pub fn describe() {
     describe_counter!(
         "socketcluster_server_exchange_dropped_total",
         "Publications dropped for a full server-side subscription"
+    );
+    describe_counter!(
+        "socketcluster_server_recoveries_total",
+        "Subscriptions that asked to recover a stream position, by outcome"
+    );
+    describe_counter!(
+        "socketcluster_server_recovered_publications_total",
+        "Publications replayed by recoveries"
     );
 }

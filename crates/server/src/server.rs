@@ -97,6 +97,14 @@ impl Server {
         if config.batch_interval.is_zero() {
             return Err(ConfigError::Invalid("batch interval must be > 0".into()).into());
         }
+        if config.history.is_enabled() && !broker.supports_history() {
+            return Err(ConfigError::Invalid(
+                "history: channel history needs a broker that keeps it (the in-process broker \
+                 or the Redis backplane); this broker keeps none"
+                    .into(),
+            )
+            .into());
+        }
         let auth = AuthEngine::new(&config.auth)?;
         let hub = Arc::new(ChannelHub::default());
         broker.attach(Delivery::new(hub.clone()));

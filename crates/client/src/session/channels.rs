@@ -171,6 +171,7 @@ impl Session {
             wait_for_auth: entry.options.wait_for_auth,
             data: entry.options.data.clone(),
             options: serde_json::Map::new(),
+            recover: None,
         };
         let options = entry.options.wire_options();
         let p = EventPacket::invoke(ev::SUBSCRIBE, Some(req.to_raw()), cid);

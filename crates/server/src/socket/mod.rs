@@ -29,7 +29,7 @@ use crate::request::HandshakeRequest;
 
 pub(crate) use outbox::{Cmd, FRAME_OVERHEAD, Out, free_if_empty};
 pub use received::{ReceivedEvent, Request};
-pub(crate) use shared::{AuthInfo, ServerLink, SocketShared};
+pub(crate) use shared::{AuthInfo, Outbound, ServerLink, SocketShared};
 pub(crate) use streams::MessageKind;
 pub use streams::{EventStream, MessageStream, RequestStream, STREAM_CAPACITY};
 

@@ -44,6 +44,18 @@ pub(crate) fn generate_socket_id() -> String {
     URL_SAFE.encode(bytes)
 }
 
+/// A channel whose subscription is being set up, and its publications kept aside.
+pub(crate) type Recovering = (Arc<str>, Vec<Arc<Publication>>);
+
+/// What goes through a socket's `publishOut` middleware pipeline, in order.
+pub(crate) enum Outbound {
+    /// A publication, for the middleware.
+    Publication(Arc<Publication>),
+    /// A frame that must follow the publications before it (a `#subscribe` reply after
+    /// a replay).
+    Frame(Utf8Bytes),
+}
+
 /// Auth state of a socket.
 #[derive(Clone, Debug)]
 pub(crate) struct AuthInfo {
@@ -68,6 +80,10 @@ pub(crate) struct View {
     /// This socket's own procedure and receiver streams ([`Socket::procedure`],
     /// [`Socket::receiver`]); none for most sockets.
     pub(crate) streams: Option<Box<SocketStreams>>,
+    /// Channels with history whose subscription is being set up, with the publications
+    /// that arrived meanwhile (see [`SocketShared::start_recovery`]); none for most
+    /// sockets.
+    pub(crate) recovering: Vec<Recovering>,
 }
 
 /// State shared between a socket's handles, its task and the channel registry.
@@ -78,7 +94,7 @@ pub(crate) struct SocketShared {
     /// Outbound frames and commands for the socket task.
     pub(crate) outbox: Outbox,
     pub(crate) view: Mutex<View>,
-    pub(crate) outbound_mw: OnceLock<mpsc::UnboundedSender<Arc<Publication>>>,
+    pub(crate) outbound_mw: OnceLock<mpsc::UnboundedSender<Outbound>>,
     /// Set once when the socket task ends; `closed_notify` wakes the waiters.
     pub(crate) closed: OnceLock<CloseInfo>,
     pub(crate) closed_notify: Notify,
@@ -90,6 +106,9 @@ pub(crate) struct SocketShared {
     pub(crate) app_batching: AtomicBool,
     /// [`View::streams`] was ever set: only then does dispatch take the view lock.
     pub(crate) has_streams: AtomicBool,
+    /// [`View::recovering`] is not empty: only then does a delivery with a stream
+    /// position take the view lock.
+    pub(crate) recovering: AtomicBool,
 }
 
 impl SocketShared {
@@ -113,6 +132,7 @@ impl SocketShared {
                 channels: HashMap::new(),
                 channel_seq: 0,
                 streams: None,
+                recovering: Vec::new(),
             }),
             outbound_mw: OnceLock::new(),
             closed: OnceLock::new(),
@@ -121,6 +141,7 @@ impl SocketShared {
             server,
             app_batching: AtomicBool::new(false),
             has_streams: AtomicBool::new(false),
+            recovering: AtomicBool::new(false),
         }
     }
 
@@ -130,14 +151,89 @@ impl SocketShared {
 
     /// Fan-out entry point: queue a publication for this socket.
     pub(crate) fn deliver_publication(&self, p: &Arc<Publication>) {
+        if p.offset().is_some() && self.recovering.load(Ordering::Acquire) {
+            let mut v = self.view();
+            if let Some(buf) = v.recovering.iter_mut().find(|(c, _)| **c == *p.channel()) {
+                buf.1.push(p.clone());
+                return;
+            }
+        }
+        self.send_publication(p);
+    }
+
+    /// Queue a publication: through the `publishOut` middleware when there is some.
+    pub(crate) fn send_publication(&self, p: &Arc<Publication>) {
         if let Some(tx) = self.outbound_mw.get() {
             let cost = p.frame().len() + FRAME_OVERHEAD;
-            if self.outbox.reserve(cost) && tx.send(p.clone()).is_err() {
+            if self.outbox.reserve(cost) && tx.send(Outbound::Publication(p.clone())).is_err() {
                 self.outbox.release(cost);
             }
         } else {
             self.outbox.push(p.frame_bytes());
         }
+    }
+
+    /// Queue a frame after the publications queued so far (also those still in the
+    /// `publishOut` middleware).
+    pub(crate) fn send_frame_in_order(&self, frame: Utf8Bytes) {
+        match self.outbound_mw.get() {
+            Some(tx) => {
+                if let Err(mpsc::error::SendError(Outbound::Frame(f))) =
+                    tx.send(Outbound::Frame(frame))
+                {
+                    self.outbox.push(f);
+                }
+            }
+            None => {
+                self.outbox.push(frame);
+            }
+        }
+    }
+
+    /// A subscription to `channel` (with history) is being set up: until
+    /// [`SocketShared::finish_recovery`], its publications are kept aside. Call it before
+    /// the socket is registered with the channel.
+    pub(crate) fn start_recovery(&self, channel: &str) {
+        let mut v = self.view();
+        if !v.recovering.iter().any(|(c, _)| **c == *channel) {
+            v.recovering.push((Arc::from(channel), Vec::new()));
+        }
+        self.recovering.store(true, Ordering::Release);
+    }
+
+    /// The subscription is set up: `send` gets the publications kept aside and sends
+    /// what the subscriber must receive, while new publications of the channel still
+    /// wait (they follow).
+    pub(crate) fn finish_recovery<R>(
+        &self,
+        channel: &str,
+        send: impl FnOnce(Vec<Arc<Publication>>) -> R,
+    ) -> R {
+        let mut v = self.view();
+        let buffered = Self::take_recovery(&mut v, channel);
+        self.recovering
+            .store(!v.recovering.is_empty(), Ordering::Release);
+        send(buffered)
+    }
+
+    /// The subscription was not set up: forget what was kept aside.
+    pub(crate) fn cancel_recovery(&self, channel: &str) {
+        let mut v = self.view();
+        Self::take_recovery(&mut v, channel);
+        self.recovering
+            .store(!v.recovering.is_empty(), Ordering::Release);
+    }
+
+    fn take_recovery(v: &mut View, channel: &str) -> Vec<Arc<Publication>> {
+        let list = &mut v.recovering;
+        let taken = match list.iter().position(|(c, _)| **c == *channel) {
+            Some(i) => list.swap_remove(i).1,
+            None => Vec::new(),
+        };
+        if list.is_empty() {
+            *list = Vec::new();
+        }
+        taken
     }
 
     /// The first live stream of this socket that takes invokes of `procedure` (closed

@@ -11,8 +11,8 @@ use socketcluster_protocol::{Cid, ErrorObject, RawValue, WireError};
 use tokio::time::Instant;
 
 use crate::auth::{Claims, is_bad_token, now_ms};
-use crate::config::glob_match;
 use crate::events::{AuthState, ServerEvent};
+use crate::glob::glob_match;
 use crate::middleware::Block;
 use crate::socket::{AuthInfo, SocketState};
 

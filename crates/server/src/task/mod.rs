@@ -17,6 +17,7 @@
 //! | `handshake.rs` | `#handshake` |
 //! | `auth.rs` | `#authenticate`, `#removeAuthToken`, token expiry, auth events |
 //! | `pubsub.rs` | `#publish`, `#subscribe`, `#unsubscribe`, publishOut middleware |
+//! | `history.rs` | subscribing to a channel with history: replay, reply, what arrived meanwhile |
 //! | `rpc.rs` | invokes and transmitted events: middleware, then handlers or streams |
 //! | `commands.rs` | commands from [`Socket`] handles (transmit, invoke, kick out, ...) |
 //! | `output.rs` | sending packets, batching, events and warnings |
@@ -27,6 +28,7 @@ mod auth;
 mod close;
 mod commands;
 mod handshake;
+mod history;
 mod inbound;
 mod output;
 mod pubsub;

@@ -2,10 +2,10 @@
 //! `#subscribe` and `#unsubscribe` (the channel hub and the broker), server-side
 //! unsubscribing (kick-out, close), and the per-socket publishOut middleware pipeline.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use socketcluster_protocol::error::wire;
+use socketcluster_protocol::history;
 use socketcluster_protocol::reserved::{self, SubscribeRequest, parse_publish, parse_unsubscribe};
 use socketcluster_protocol::{Cid, ErrorObject, RawValue, WireError};
 use tokio::sync::mpsc;
@@ -14,9 +14,10 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::broker::BrokerError;
 use crate::channel::Publication;
 use crate::events::ServerEvent;
+use crate::history::StreamPosition;
 use crate::hub::Subscriber;
 use crate::middleware::{InboundKind, PublishOutAction, run_outbound, snapshot};
-use crate::socket::{FRAME_OVERHEAD, SocketState};
+use crate::socket::{FRAME_OVERHEAD, Outbound, SocketState};
 
 use super::SocketTask;
 use super::output::wire_invalid_action;
@@ -72,12 +73,21 @@ impl SocketTask {
     }
 
     pub(super) fn publish(&mut self, cid: Option<Cid>, channel: &str, data: Option<Box<RawValue>>) {
-        let p = Publication::new(channel, data);
         self.server
             .stats
             .publications
             .fetch_add(1, Ordering::Relaxed);
         crate::metrics::publication_in("client");
+        if let Some(rule) = self.server.config.history.rule_for(channel) {
+            let fut = self.server.broker.publish_with_history(channel, data, rule);
+            return self.start_step(Box::pin(async move {
+                Resume::Published {
+                    cid,
+                    result: fut.await.map(|_| ()),
+                }
+            }));
+        }
+        let p = Publication::new(channel, data);
         let fut = self.server.broker.publish(p);
         self.broker_step(fut, move |result| Resume::Published { cid, result });
     }
@@ -121,25 +131,32 @@ impl SocketTask {
         let socket = &self.socket;
         match gate(
             &self.server.middleware.inbound,
-            (cid, req.channel),
+            (cid, req.channel, req.recover),
             (req.data, expired),
-            |(_, channel), (data, expired)| {
+            |(_, channel, _), (data, expired)| {
                 let kind = InboundKind::Subscribe {
                     channel: channel.clone(),
                 };
                 inbound_action(socket, kind, data, expired)
             },
-            |(cid, channel), result| Resume::Inbound {
-                after: After::Subscribe { cid, channel },
+            |(cid, channel, recover), result| Resume::Inbound {
+                after: After::Subscribe {
+                    cid,
+                    channel,
+                    recover,
+                },
                 result,
             },
         ) {
-            Gate::Open(((cid, channel), _)) => self.subscribe(cid, channel),
+            Gate::Open(((cid, channel, recover), _)) => self.subscribe(cid, channel, recover),
             Gate::Step(step) => self.start_step(step),
         }
     }
 
-    pub(super) fn subscribe(&mut self, cid: Cid, channel: String) {
+    /// Subscribe (after the `subscribe` middleware). On a channel with history, the
+    /// socket's publications of the channel are kept aside from before it is registered
+    /// until the history is read (`task/history.rs`).
+    pub(super) fn subscribe(&mut self, cid: Cid, channel: String, recover: Option<StreamPosition>) {
         if self.state != SocketState::Open {
             return self.fail(
                 Some(cid),
@@ -163,8 +180,18 @@ impl SocketTask {
                 wire::channel_limit(&channel, &self.shared.id, limit),
             );
         }
+        let history = self.server.config.history.rule_for(&channel).is_some();
         if subscribed {
+            if history {
+                // Already subscribed: read the history again (the client may have missed
+                // publications); it drops what it already has.
+                self.shared.start_recovery(&channel);
+                return self.read_history(cid, channel, recover);
+            }
             return self.reply_ok(cid, None);
+        }
+        if history {
+            self.shared.start_recovery(&channel);
         }
         let broker = &self.server.broker;
         // The view keeps the hub's copy of the name: one allocation per channel.
@@ -183,10 +210,11 @@ impl SocketTask {
             self.broker_step(fut, move |result| Resume::Subscribed {
                 cid,
                 channel,
+                recover,
                 result,
             });
         } else {
-            self.subscribed(cid, channel, Ok(()));
+            self.subscribed(cid, channel, recover, Ok(()));
         }
     }
 
@@ -194,8 +222,12 @@ impl SocketTask {
         &mut self,
         cid: Cid,
         channel: String,
+        recover: Option<StreamPosition>,
         result: Result<(), BrokerError>,
     ) {
+        if result.is_ok() && self.server.config.history.rule_for(&channel).is_some() {
+            return self.read_history(cid, channel, recover);
+        }
         crate::metrics::subscription(result.is_ok());
         match result {
             Ok(()) => {
@@ -206,15 +238,21 @@ impl SocketTask {
                 });
             }
             Err(e) => {
-                self.shared.view().channels.remove(channel.as_str());
-                self.server.hub.remove(&channel, self.shared.key);
-                let err = ErrorObject::new(
-                    "BrokerError",
+                self.subscribe_failed(
+                    cid,
+                    &channel,
                     format!("Failed to subscribe socket to the {channel} channel - {e}"),
                 );
-                self.fail(Some(cid), err);
             }
         }
+    }
+
+    /// Undo a subscription that could not be set up, and tell the client why.
+    pub(super) fn subscribe_failed(&mut self, cid: Cid, channel: &str, message: String) {
+        self.shared.cancel_recovery(channel);
+        self.shared.view().channels.remove(channel);
+        self.server.hub.remove(channel, self.shared.key);
+        self.fail(Some(cid), ErrorObject::new("BrokerError", message));
     }
 
     pub(super) fn on_unsubscribe(&mut self, cid: Option<Cid>, data: Option<Box<RawValue>>) {
@@ -296,7 +334,7 @@ impl SocketTask {
         if chain.is_empty() {
             return;
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<Arc<Publication>>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
         if self.shared.outbound_mw.set(tx).is_err() {
             return;
         }
@@ -305,11 +343,18 @@ impl SocketTask {
         let shared = self.shared.clone();
         tokio::spawn(async move {
             loop {
-                let p = tokio::select! {
+                let item = tokio::select! {
                     p = rx.recv() => match p { Some(p) => p, None => break },
                     _ = shared.wait_closed() => break,
                 };
                 let outbox = &socket.shared.outbox;
+                let p = match item {
+                    Outbound::Publication(p) => p,
+                    Outbound::Frame(f) => {
+                        outbox.push(f);
+                        continue;
+                    }
+                };
                 outbox.release(p.frame().len() + FRAME_OVERHEAD);
                 let chain = snapshot(&server.middleware.outbound);
                 let action = PublishOutAction {
@@ -320,7 +365,15 @@ impl SocketTask {
                 };
                 match run_outbound(chain, action).await {
                     Ok(a) if a.modified => {
-                        let frame = reserved::publish_frame(&a.channel, a.data.as_deref());
+                        let frame = match (p.offset(), p.epoch()) {
+                            (Some(offset), Some(epoch)) => history::publish_frame_at(
+                                &a.channel,
+                                a.data.as_deref(),
+                                offset,
+                                epoch,
+                            ),
+                            _ => reserved::publish_frame(&a.channel, a.data.as_deref()),
+                        };
                         outbox.push(Utf8Bytes::from(frame));
                     }
                     Ok(_) => {

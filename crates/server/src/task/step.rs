@@ -21,6 +21,7 @@ use socketcluster_protocol::{Cid, ErrorObject, RawValue, WireError};
 
 use crate::auth::{Claims, VerifyOutcome};
 use crate::broker::{BrokerError, BrokerFuture};
+use crate::history::{HistoryRead, StreamPosition};
 use crate::middleware::{
     Block, HandshakeAction, HandshakeMiddleware, InboundAction, InboundKind, InboundMiddleware,
     InboundRawAction, InboundRawMiddleware, run_handshake, run_inbound, run_inbound_raw, snapshot,
@@ -154,8 +155,12 @@ pub(super) enum After {
     Authenticate { cid: Cid, was_auth: bool },
     /// A client `#publish` (action `publishIn`) to `channel`.
     Publish { cid: Option<Cid>, channel: String },
-    /// `#subscribe` to `channel`.
-    Subscribe { cid: Cid, channel: String },
+    /// `#subscribe` to `channel`, from position `recover` if the client sent one.
+    Subscribe {
+        cid: Cid,
+        channel: String,
+        recover: Option<StreamPosition>,
+    },
     /// An invoke or a transmitted event.
     App { cid: Option<Cid> },
 }
@@ -186,7 +191,15 @@ pub(super) enum Resume {
     Subscribed {
         cid: Cid,
         channel: String,
+        recover: Option<StreamPosition>,
         result: Result<(), BrokerError>,
+    },
+    /// The broker read the history of a channel being subscribed.
+    History {
+        cid: Cid,
+        channel: String,
+        recover: Option<StreamPosition>,
+        result: Result<HistoryRead, BrokerError>,
     },
     /// The broker unsubscribed a channel's last local subscriber.
     Unsubscribed {
@@ -221,7 +234,11 @@ impl SocketTask {
             } => self.complete_handshake(cid, None, rehandshake, was_auth),
             After::Authenticate { cid, was_auth } => self.authenticated(cid, was_auth),
             After::Publish { cid, channel } => self.publish(cid, &channel, action.data),
-            After::Subscribe { cid, channel } => self.subscribe(cid, channel),
+            After::Subscribe {
+                cid,
+                channel,
+                recover,
+            } => self.subscribe(cid, channel, recover),
             After::App { cid } => self.dispatch(action.kind, cid, action.data),
         }
     }
@@ -305,8 +322,15 @@ impl SocketTask {
             Resume::Subscribed {
                 cid,
                 channel,
+                recover,
                 result,
-            } => self.subscribed(cid, channel, result),
+            } => self.subscribed(cid, channel, recover, result),
+            Resume::History {
+                cid,
+                channel,
+                recover,
+                result,
+            } => self.history_read(cid, channel, recover, result),
             Resume::Unsubscribed {
                 cid,
                 channel,
