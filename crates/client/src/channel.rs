@@ -4,6 +4,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
@@ -11,6 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use socketcluster_protocol::{NotRecovered, StreamPosition};
 use tokio::sync::watch;
 
 use crate::error::SubscribeError;
@@ -56,6 +58,11 @@ pub struct SubscribeOptions {
     pub data: Option<Box<RawValue>>,
     /// Pending channels are (re)subscribed in descending priority; never sent. Default 0.
     pub priority: i64,
+    /// On a channel with history (docs/PROTOCOL.md 14.16): the position to recover from
+    /// on the first subscription, e.g. the last [`Message::position`] the application
+    /// stored before it restarted. Later resubscriptions use the position the client
+    /// reached. Default: none (the first subscription starts from now).
+    pub recover_from: Option<StreamPosition>,
 }
 
 impl SubscribeOptions {
@@ -73,6 +80,13 @@ impl SubscribeOptions {
     /// Set the priority.
     pub fn priority(mut self, priority: i64) -> Self {
         self.priority = priority;
+        self
+    }
+
+    /// Recover from `position` on the first subscription (see
+    /// [`SubscribeOptions::recover_from`]).
+    pub fn recover_from(mut self, position: StreamPosition) -> Self {
+        self.recover_from = Some(position);
         self
     }
 
@@ -109,9 +123,41 @@ pub struct Message {
     pub channel: String,
     /// The published data as raw JSON (`None` when the publisher sent none).
     pub data: Option<Box<RawValue>>,
+    /// Offset and epoch, on a channel with history.
+    position: Option<(u64, Arc<str>)>,
 }
 
 impl Message {
+    pub(crate) fn new(
+        channel: &str,
+        data: Option<Box<RawValue>>,
+        position: Option<(u64, Arc<str>)>,
+    ) -> Message {
+        Message {
+            channel: channel.to_owned(),
+            data,
+            position,
+        }
+    }
+
+    /// Its offset in the channel's stream, on a channel with history (docs/PROTOCOL.md
+    /// 14.16): consecutive messages have consecutive offsets within an epoch.
+    pub fn offset(&self) -> Option<u64> {
+        self.position.as_ref().map(|(o, _)| *o)
+    }
+
+    /// The epoch of the channel's stream, on a channel with history.
+    pub fn epoch(&self) -> Option<&str> {
+        self.position.as_ref().map(|(_, e)| &**e)
+    }
+
+    /// Both: what to store to resume after this message later
+    /// ([`SubscribeOptions::recover_from`]).
+    pub fn position(&self) -> Option<StreamPosition> {
+        self.position
+            .as_ref()
+            .map(|(o, e)| StreamPosition::new(&**e, *o))
+    }
     /// The raw JSON text of the data (`None` when absent).
     pub fn data_str(&self) -> Option<&str> {
         self.data.as_deref().map(RawValue::get)
@@ -128,6 +174,25 @@ impl Message {
     }
 }
 
+/// How a recovery went (docs/PROTOCOL.md 14.16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Recovery {
+    /// Every publication missed since the position the client had reached was delivered
+    /// (this many), before any later one, each once.
+    Recovered {
+        /// How many were replayed.
+        publications: u64,
+    },
+    /// Publications may have been missed and were not replayed; the client continues
+    /// from the stream's current position. The application should fall back to its own
+    /// source of truth for what happened meanwhile.
+    NotRecovered {
+        /// Why.
+        reason: NotRecovered,
+    },
+}
+
 /// Observable status of one channel.
 #[derive(Clone, Debug)]
 pub struct ChannelStatus {
@@ -135,6 +200,9 @@ pub struct ChannelStatus {
     pub state: ChannelState,
     /// Why the channel was removed, once it is `Unsubscribed`.
     pub ended: Option<SubscribeError>,
+    /// On a channel with history: how the last recovery went (also reported as
+    /// [`Event::Recovery`](crate::Event::Recovery)).
+    pub last_recovery: Option<Recovery>,
 }
 
 /// How a [`Subscription`] reaches the connection task (implemented by its command

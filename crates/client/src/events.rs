@@ -12,7 +12,7 @@ use socketcluster_protocol::{CloseCode, ErrorObject, WireError};
 use tokio::sync::broadcast;
 
 use crate::auth::{AuthState, ReauthReason};
-use crate::channel::ChannelState;
+use crate::channel::{ChannelState, Recovery};
 use crate::command::{Command, WeakCommandSender};
 
 /// The handshake result, as carried by the `connect` event and kept by the handle
@@ -180,6 +180,15 @@ pub enum Event {
         /// because nothing needs it any more).
         retry_in: Option<Duration>,
     },
+    /// Rust-only, on a channel with history (docs/PROTOCOL.md 14.16): how a
+    /// (re)subscription that asked to recover went, or that the live stream restarted
+    /// (a new epoch: continuity is broken).
+    Recovery {
+        /// Channel.
+        channel: String,
+        /// The outcome.
+        outcome: Recovery,
+    },
     /// Rust-only: a consumer's buffer was full and messages were dropped.
     SlowConsumer {
         /// The channel, receiver or procedure name.
@@ -218,6 +227,7 @@ impl Event {
             Event::RemoveAuthToken { .. } => "removeAuthToken",
             Event::Reauthenticating { .. } => "reauthenticating",
             Event::ReauthenticationFailed { .. } => "reauthenticationFailed",
+            Event::Recovery { .. } => "recovery",
             Event::SlowConsumer { .. } => "slowConsumer",
             Event::Lagged { .. } => "lagged",
         }
@@ -231,7 +241,8 @@ impl Event {
             | Event::SubscribeFail { channel, .. }
             | Event::Unsubscribe { channel }
             | Event::SubscribeStateChange { channel, .. }
-            | Event::KickOut { channel, .. } => Some(channel),
+            | Event::KickOut { channel, .. }
+            | Event::Recovery { channel, .. } => Some(channel),
             _ => None,
         }
     }

@@ -21,7 +21,8 @@ pub use auth::{
     TokenRequest, TokenStore,
 };
 pub use channel::{
-    ChannelState, ChannelStatus, Message, SubscribeOptions, Subscription, TypedSubscription,
+    ChannelState, ChannelStatus, Message, Recovery, SubscribeOptions, Subscription,
+    TypedSubscription,
 };
 pub use client::Client;
 pub use error::{
@@ -34,7 +35,8 @@ pub use options::{ClientBuilder, ClientOptions};
 pub use rpc::{Procedure, Receiver, Request, Transmitted};
 pub use session::ConnectionState;
 pub use socketcluster_protocol::{
-    CloseCode, ErrorName, ErrorObject, ProtocolVersion, ReconnectOptions, WireError,
+    CloseCode, ErrorName, ErrorObject, NotRecovered, ProtocolVersion, ReconnectOptions,
+    StreamPosition, WireError,
 };
 pub use watch::StateWatch;
 

@@ -50,11 +50,13 @@ mod client;
 mod jwt;
 mod npm;
 mod process;
+mod proxy;
 mod server;
 
 pub use client::{JsClient, JsClientRun, run_js_client};
 pub use jwt::{jwt_payload, sign_hs256, unix_now};
 pub use npm::{ensure_npm_installed, interop_dir};
+pub use proxy::TcpProxy;
 pub use server::{JsServer, JsServerOptions, JsVersion};
 
 /// A TCP port that was free on 127.0.0.1 a moment ago (bind to port 0, read, close).

@@ -9,6 +9,8 @@
 //! re-authentication holds subscriptions ([`super::Hold`]), or for a `waitForAuth`
 //! channel while unauthenticated.
 
+use std::sync::Arc;
+
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use socketcluster_protocol::reserved as ev;
@@ -17,6 +19,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::pending::Pending;
+use super::recovery::{Accept, ChannelStream, Reached};
 use super::{Hold, Phase, Reauth, Session, raw};
 use crate::auth::ReauthReason;
 use crate::channel::{ChannelState, ChannelStatus, Message, SubscribeOptions};
@@ -53,6 +56,8 @@ pub(crate) struct ChannelEntry {
     pub(crate) auth_retry_used: bool,
     pub(crate) consumers: Vec<Consumer>,
     pub(crate) status: watch::Sender<ChannelStatus>,
+    /// The position reached in the channel's stream, on a channel with history.
+    pub(crate) stream: ChannelStream,
 }
 
 impl ChannelEntry {
@@ -60,7 +65,15 @@ impl ChannelEntry {
         let (status, _) = watch::channel(ChannelStatus {
             state: ChannelState::Pending,
             ended: None,
+            last_recovery: None,
         });
+        let stream = ChannelStream {
+            reached: options.recover_from.as_ref().map(|p| Reached {
+                epoch: Arc::from(p.epoch.as_str()),
+                offset: p.offset,
+            }),
+            ..ChannelStream::default()
+        };
         ChannelEntry {
             state: ChannelState::Pending,
             options,
@@ -68,7 +81,18 @@ impl ChannelEntry {
             auth_retry_used: false,
             consumers: Vec::new(),
             status,
+            stream,
         }
+    }
+
+    /// A `#subscribe` of this channel awaits its reply.
+    pub(crate) fn request_in_flight(&self) -> bool {
+        matches!(self.request, ChannelRequest::InFlight { .. })
+    }
+
+    /// No `#subscribe` of this channel is in flight or waiting for a re-authentication.
+    pub(crate) fn request_idle(&self) -> bool {
+        matches!(self.request, ChannelRequest::Idle)
     }
 
     pub(crate) fn set_state(&mut self, state: ChannelState) {
@@ -101,6 +125,7 @@ impl Session {
             let (stx, srx) = watch::channel(ChannelStatus {
                 state: ChannelState::Unsubscribed,
                 ended: Some(SubscribeError::Closed),
+                last_recovery: None,
             });
             drop(stx);
             let _ = reply.send(srx);
@@ -143,7 +168,7 @@ impl Session {
     }
 
     /// Whether `#subscribe` requests may be sent now (see the module docs).
-    fn subscriptions_allowed(&self) -> bool {
+    pub(super) fn subscriptions_allowed(&self) -> bool {
         match &self.phase {
             Phase::Open(o) => o.subscriptions_released && !self.holds(Hold::Subscriptions),
             _ => false,
@@ -161,17 +186,29 @@ impl Session {
         if !allowed || !matches!(entry.request, ChannelRequest::Idle) || !meets_auth {
             return;
         }
+        self.send_subscribe(channel);
+    }
+
+    /// Write `#subscribe` for `channel` (with the position reached, on a channel with
+    /// history) and wait for its reply.
+    pub(super) fn send_subscribe(&mut self, channel: &str) {
+        let authenticated = self.is_authenticated();
+        let Some(entry) = self.channels.get_mut(channel) else {
+            return;
+        };
         let cid = self.cids.next_cid();
         entry.request = ChannelRequest::InFlight {
             cid,
             unauthenticated: !authenticated,
         };
+        let recover = entry.stream.recover_from();
+        entry.stream.request_sent(recover.is_some());
         let req = ev::SubscribeRequest {
             channel: self.opts.wire_channel(channel).into_owned(),
             wait_for_auth: entry.options.wait_for_auth,
             data: entry.options.data.clone(),
             options: serde_json::Map::new(),
-            recover: None,
+            recover,
         };
         let options = entry.options.wire_options();
         let p = EventPacket::invoke(ev::SUBSCRIBE, Some(req.to_raw()), cid);
@@ -198,7 +235,7 @@ impl Session {
             .channels
             .iter()
             .enumerate()
-            .filter(|(_, (_, e))| e.state == ChannelState::Pending)
+            .filter(|(_, (_, e))| e.state == ChannelState::Pending || e.stream.resync)
             .map(|(i, (n, e))| (e.options.priority, i, n.clone()))
             .collect();
         pending.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -245,6 +282,10 @@ impl Session {
         entry.request = ChannelRequest::Idle;
         let options = entry.options.wire_options();
         let Some(err) = r.error() else {
+            self.on_subscribed_position(&channel, &r);
+            let Some(entry) = self.channels.get_mut(&channel) else {
+                return;
+            };
             let was_retry = std::mem::take(&mut entry.auth_retry_used);
             if entry.state != ChannelState::Subscribed {
                 entry.set_state(ChannelState::Subscribed);
@@ -397,17 +438,27 @@ impl Session {
     }
 
     /// A publication on `channel` (application name): to every consumer, in any state
-    /// including pending (docs/PROTOCOL.md 6.5).
-    pub(super) fn deliver_publication(&mut self, channel: &str, data: Option<&RawValue>) {
+    /// including pending (docs/PROTOCOL.md 6.5); on a channel with history, unless the
+    /// subscriber has it already (`recovery.rs`).
+    pub(super) fn deliver_publication(
+        &mut self,
+        channel: &str,
+        data: Option<&RawValue>,
+        position: Option<(u64, &str)>,
+    ) {
+        let position = match position {
+            None => None,
+            Some((offset, epoch)) => match self.accept_position(channel, offset, epoch) {
+                Accept::Deliver(o, e) => Some((o, e)),
+                Accept::Drop => return,
+            },
+        };
         let Some(entry) = self.channels.get_mut(channel) else {
             return;
         };
         let mut slow = Vec::new();
         for c in entry.consumers.iter_mut() {
-            let m = Message {
-                channel: channel.to_owned(),
-                data: data.map(RawValue::to_owned),
-            };
+            let m = Message::new(channel, data.map(RawValue::to_owned), position.clone());
             if c.tx.try_send(m).is_err() {
                 c.dropped += 1;
                 slow.push(c.dropped);

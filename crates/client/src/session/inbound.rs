@@ -26,7 +26,7 @@ impl Session {
         // publication in another shape, takes the general path below).
         if let Some(p) = ev::parse_publish_frame(text) {
             let channel = self.opts.app_channel(p.channel);
-            self.deliver_publication(channel, Some(p.data));
+            self.deliver_publication(channel, Some(p.data), p.position);
             return;
         }
         let version: ProtocolVersion = self.opts.protocol_version;
@@ -103,7 +103,8 @@ impl Session {
             ev::PUBLISH => {
                 if let Some(p) = ev::parse_publish(e.data.as_deref()) {
                     let channel = self.opts.app_channel(&p.channel);
-                    self.deliver_publication(channel, p.data.as_deref());
+                    let position = p.position.as_ref().map(|q| (q.offset, q.epoch.as_str()));
+                    self.deliver_publication(channel, p.data.as_deref(), position);
                 }
             }
             ev::KICK_OUT => {

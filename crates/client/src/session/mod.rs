@@ -23,6 +23,8 @@
 //! - `handshake.rs`: connecting, the handshake, what happens when a connection opens;
 //! - `channels.rs`: subscribing, **when the client (re)subscribes**, rejections;
 //! - `auth.rs`: the auth state, `authenticate`, the server's auth tokens;
+//! - `recovery.rs`: stream positions on channels with history, duplicates, jumps,
+//!   recovery outcomes;
 //! - `reauth.rs`: re-authentication through the token provider: its phase ([`Reauth`]),
 //!   what it holds back, retries with backoff, the refresh before `exp`;
 //! - `outbound.rs`: the outbound queue and batching;
@@ -38,6 +40,7 @@ mod inbound;
 mod outbound;
 mod pending;
 mod reauth;
+mod recovery;
 mod timers;
 
 #[cfg(test)]

@@ -10,10 +10,10 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
 
 use super::*;
-use socketcluster_protocol::CloseCode;
+use socketcluster_protocol::{CloseCode, NotRecovered, StreamPosition};
 
 use crate::auth::ReauthReason;
-use crate::channel::{ChannelStatus, Message, SubscribeOptions};
+use crate::channel::{ChannelState, ChannelStatus, Message, SubscribeOptions};
 use crate::command::{self, CommandReceiver, CommandSender};
 use crate::error::{SubscribeError, TokenStoreError};
 use crate::events::Event;
@@ -711,4 +711,171 @@ async fn closing_while_the_provider_runs_cancels_it_and_ignores_its_late_answer(
     h.s.on_provider_result(Instant::now(), seq, Ok("late".into()));
     assert!(h.frames().is_empty());
     assert!(h.actions().is_empty());
+}
+
+// ---------------------------------------------------------------- recovery (14.16)
+
+fn positioned(channel: &str, n: u64, epoch: &str) -> Value {
+    json!({"event": "#publish", "data": {"channel": channel, "data": n, "offset": n, "epoch": epoch}})
+}
+
+fn recoveries(h: &mut Harness) -> Vec<crate::channel::Recovery> {
+    h.take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Recovery { outcome, .. } => Some(outcome),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Offsets delivered to the subscription's queue so far.
+fn delivered(c: &mut ChannelHandle) -> Vec<u64> {
+    let mut v = Vec::new();
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    while let std::task::Poll::Ready(Some(m)) = c._queue.poll_recv(&mut cx) {
+        v.push(m.offset().expect("an offset"));
+    }
+    v
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resubscription_carries_the_position_reached_and_reports_the_recovery() {
+    let mut h = Harness::new(options(false));
+    let mut c = h.subscribe("chat", SubscribeOptions::new());
+    h.open(None, unauthenticated());
+    let f = h.frames();
+    assert_eq!(
+        f[0]["data"],
+        json!({"channel": "chat"}),
+        "nothing to recover yet"
+    );
+    h.reply(&f[0]["cid"], json!({"epoch": "E1", "offset": 4}));
+    h.text(positioned("chat", 5, "E1"));
+    h.text(positioned("chat", 6, "E1"));
+    assert_eq!(delivered(&mut c), [5, 6]);
+    h.s.on_socket_closed(Instant::now(), CloseFrame::Code(4000, String::new()));
+    h.actions();
+    h.open(None, unauthenticated());
+    let f = h.frames();
+    assert_eq!(
+        f[0]["data"],
+        json!({"channel": "chat", "recover": {"epoch": "E1", "offset": 6}})
+    );
+    // The replay, then the reply.
+    for n in 7..=9 {
+        h.text(positioned("chat", n, "E1"));
+    }
+    h.take_events();
+    h.reply(
+        &f[0]["cid"],
+        json!({"epoch": "E1", "offset": 9, "recovered": true}),
+    );
+    assert_eq!(
+        recoveries(&mut h),
+        [crate::channel::Recovery::Recovered { publications: 3 }]
+    );
+    assert_eq!(delivered(&mut c), [7, 8, 9]);
+    assert!(matches!(
+        c.status.borrow().last_recovery,
+        Some(crate::channel::Recovery::Recovered { publications: 3 })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicates_are_dropped_and_a_jump_asks_again_from_where_the_client_is() {
+    let mut h = Harness::new(options(false));
+    let mut c = h.subscribe("chat", SubscribeOptions::new());
+    h.open(None, unauthenticated());
+    let f = h.frames();
+    h.reply(&f[0]["cid"], json!({"epoch": "E1", "offset": 0}));
+    h.text(positioned("chat", 1, "E1"));
+    h.text(positioned("chat", 1, "E1"));
+    assert_eq!(delivered(&mut c), [1], "a duplicate is dropped");
+    h.text(positioned("chat", 4, "E1"));
+    assert!(
+        delivered(&mut c).is_empty(),
+        "after a gap: dropped until recovered"
+    );
+    let f = h.frames();
+    assert_eq!(events_of(&f), ["#subscribe chat"]);
+    assert_eq!(f[0]["data"]["recover"], json!({"epoch": "E1", "offset": 1}));
+    // Live ones still arriving before the reply, past the gap: dropped (the replay has
+    // them); the replay itself is accepted.
+    h.text(positioned("chat", 5, "E1"));
+    for n in 2..=5 {
+        h.text(positioned("chat", n, "E1"));
+    }
+    h.reply(
+        &f[0]["cid"],
+        json!({"epoch": "E1", "offset": 5, "recovered": true}),
+    );
+    assert_eq!(delivered(&mut c), [2, 3, 4, 5]);
+    assert!(h.frames().is_empty(), "no further request");
+    assert_eq!(c.status.borrow().state, ChannelState::Subscribed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_recovery_or_a_new_epoch_is_reported_never_silent() {
+    let mut h = Harness::new(options(false));
+    let mut c = h.subscribe(
+        "chat",
+        SubscribeOptions::new().recover_from(StreamPosition::new("OLD", 10)),
+    );
+    h.open(None, unauthenticated());
+    let f = h.frames();
+    assert_eq!(
+        f[0]["data"]["recover"],
+        json!({"epoch": "OLD", "offset": 10})
+    );
+    h.take_events();
+    h.reply(
+        &f[0]["cid"],
+        json!({"epoch": "NEW", "offset": 3, "recovered": false, "reason": "epoch"}),
+    );
+    assert_eq!(
+        recoveries(&mut h),
+        [crate::channel::Recovery::NotRecovered {
+            reason: NotRecovered::EpochChanged
+        }]
+    );
+    h.text(positioned("chat", 4, "NEW"));
+    assert_eq!(
+        delivered(&mut c),
+        [4],
+        "continues from the reply's position"
+    );
+    // The live stream restarts (another epoch): reported, and followed.
+    h.text(positioned("chat", 1, "NEWER"));
+    assert_eq!(
+        recoveries(&mut h),
+        [crate::channel::Recovery::NotRecovered {
+            reason: NotRecovered::EpochChanged
+        }]
+    );
+    assert_eq!(delivered(&mut c), [1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn channels_without_history_are_untouched() {
+    let mut h = Harness::new(options(false));
+    let mut c = h.subscribe("news", SubscribeOptions::new());
+    h.open(None, unauthenticated());
+    let f = h.frames();
+    h.reply(&f[0]["cid"], Value::Null);
+    h.text(json!({"event": "#publish", "data": {"channel": "news", "data": 1}}));
+    h.text(json!({"event": "#publish", "data": {"channel": "news", "data": 1}}));
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut n = 0;
+    while let std::task::Poll::Ready(Some(m)) = c._queue.poll_recv(&mut cx) {
+        assert_eq!(m.offset(), None);
+        n += 1;
+    }
+    assert_eq!(n, 2, "no deduplication without positions");
+    h.s.on_socket_closed(Instant::now(), CloseFrame::Code(4000, String::new()));
+    h.actions();
+    h.open(None, unauthenticated());
+    assert_eq!(h.frames()[0]["data"], json!({"channel": "news"}));
 }
