@@ -155,7 +155,7 @@ fn data_arg(arg: Option<&str>) -> Result<Value, CommandError> {
         .map_err(|e| CommandError::Data(format!("cannot read DATA: {e}")))
 }
 
-fn print_line(line: &str) {
+pub(crate) fn print_line(line: &str) {
     let mut out = std::io::stdout().lock();
     // A closed stdout (e.g. `| head`) is not an error worth a panic.
     let _ = writeln!(out, "{line}");
@@ -235,20 +235,50 @@ pub(crate) struct SubscribeArgs {
     /// Subscribe only once authenticated (`waitForAuth`).
     #[arg(long)]
     wait_for_auth: bool,
+    /// On channels with history: add `offset` and `epoch` to every printed line and report
+    /// each recovery on stderr (the client always recovers what it missed while
+    /// disconnected; docs/PROTOCOL.md 14.16).
+    #[arg(long)]
+    recover: bool,
+    /// Resume from a stored position `EPOCH:OFFSET` (one channel only; implies
+    /// `--recover`): the publications after it are printed first.
+    #[arg(long, value_name = "EPOCH:OFFSET")]
+    from: Option<String>,
     /// Channels.
     #[arg(required = true)]
     channels: Vec<String>,
 }
 
+/// `EPOCH:OFFSET`.
+fn parse_position(text: &str) -> Result<socketcluster_client::StreamPosition, CommandError> {
+    let bad = || CommandError::Data(format!("--from must be EPOCH:OFFSET, got {text:?}"));
+    let (epoch, offset) = text.rsplit_once(':').ok_or_else(bad)?;
+    if epoch.is_empty() {
+        return Err(bad());
+    }
+    let offset = offset.parse().map_err(|_| bad())?;
+    Ok(socketcluster_client::StreamPosition::new(epoch, offset))
+}
+
 pub(crate) async fn subscribe(args: SubscribeArgs) -> Result<ExitCode, CommandError> {
     // Like the JS client: connect in the background and keep retrying, so a subscriber
     // started before its server (or across restarts) just waits.
+    let from = args.from.as_deref().map(parse_position).transpose()?;
+    if from.is_some() && args.channels.len() != 1 {
+        return Err(CommandError::Data(
+            "--from takes one channel (a position belongs to one channel's stream)".into(),
+        ));
+    }
+    let positions = args.recover || from.is_some();
     let client = args.client.builder().build()?;
     let mut events = client.events();
     let mut streams = Vec::new();
     for ch in &args.channels {
-        let opts =
+        let mut opts =
             socketcluster_client::SubscribeOptions::default().wait_for_auth(args.wait_for_auth);
+        if let Some(p) = &from {
+            opts = opts.recover_from(p.clone());
+        }
         let sub = client
             .subscribe_with(ch, opts)
             .await
@@ -257,12 +287,20 @@ pub(crate) async fn subscribe(args: SubscribeArgs) -> Result<ExitCode, CommandEr
     }
     let mut publications = futures_util::stream::select_all(streams);
     let mut seen: u64 = 0;
+    let mut events_open = true;
     if args.count == Some(0) {
         client.close().await;
         return Ok(ExitCode::SUCCESS);
     }
     loop {
         tokio::select! {
+            // Events first: what happened to a subscription (a recovery, a failure) is
+            // reported before the publications that follow it.
+            biased;
+            ev = events.next(), if events_open => match ev {
+                Some(ev) => report_event(&ev, positions),
+                None => events_open = false,
+            },
             msg = publications.next() => {
                 let Some(msg) = msg else {
                     // every subscription ended (rejected, kicked out)
@@ -271,8 +309,15 @@ pub(crate) async fn subscribe(args: SubscribeArgs) -> Result<ExitCode, CommandEr
                 };
                 // The data is printed as the publisher's JSON text, never re-encoded.
                 let channel = serde_json::to_string(&msg.channel).unwrap_or_default();
+                let position = match (positions, msg.offset(), msg.epoch()) {
+                    (true, Some(o), Some(e)) => format!(
+                        ",\"offset\":{o},\"epoch\":{}",
+                        serde_json::to_string(e).unwrap_or_default()
+                    ),
+                    _ => String::new(),
+                };
                 print_line(&format!(
-                    "{{\"channel\":{channel},\"data\":{}}}",
+                    "{{\"channel\":{channel},\"data\":{}{position}}}",
                     msg.data_str().unwrap_or("null")
                 ));
                 seen += 1;
@@ -281,18 +326,22 @@ pub(crate) async fn subscribe(args: SubscribeArgs) -> Result<ExitCode, CommandEr
                     return Ok(ExitCode::SUCCESS);
                 }
             }
-            ev = events.next() => {
-                if let Some(ev) = ev {
-                    report_event(&ev);
-                }
-            }
         }
     }
 }
 
 /// Subscription failures and state changes go to stderr.
-fn report_event(ev: &Event) {
+fn report_event(ev: &Event, recoveries: bool) {
     match ev {
+        Event::Recovery { channel, outcome } if recoveries => match outcome {
+            socketcluster_client::Recovery::Recovered { publications } => {
+                eprintln!("recovered {channel}: {publications} missed publication(s) replayed");
+            }
+            socketcluster_client::Recovery::NotRecovered { reason } => {
+                eprintln!("not recovered {channel}: {reason}");
+            }
+            _ => {}
+        },
         Event::SubscribeFail { channel, error, .. } => {
             eprintln!("subscribeFail {channel}: {error}");
         }

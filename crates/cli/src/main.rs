@@ -7,6 +7,7 @@
 mod bench;
 mod client_cmds;
 mod data;
+mod history_cmd;
 mod serve;
 mod token;
 
@@ -41,6 +42,8 @@ enum Command {
     Publish(client_cmds::PublishArgs),
     /// Subscribe to channels and print every publication as a JSON line.
     Subscribe(client_cmds::SubscribeArgs),
+    /// Print a channel's history (from `socketcluster serve`'s HTTP API) as JSON lines.
+    History(history_cmd::HistoryArgs),
     /// Print a signed token that a SocketCluster server with the same key accepts.
     Token(token::TokenArgs),
     /// Load generator: RPC, fan-out, channels, idle sockets, reconnect storms.
@@ -113,6 +116,10 @@ fn main() -> ExitCode {
             Command::Subscribe(args) => {
                 init_logging(cli.verbose, cli.quiet, false);
                 report(client_cmds::subscribe(args).await)
+            }
+            Command::History(args) => {
+                init_logging(cli.verbose, cli.quiet, false);
+                report(history_cmd::history(args).await)
             }
             Command::Bench(args) => {
                 init_logging(cli.verbose, cli.quiet, false);

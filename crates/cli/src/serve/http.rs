@@ -1,6 +1,6 @@
 //! The operator's HTTP surface on the WebSocket port: `/health`, `/metrics` and the
-//! bearer-key protected `/api/*` (publish, publish-batch, disconnect, deauthenticate,
-//! channels, stats).
+//! bearer-key protected `/api/*` (publish, publish-batch, history, disconnect,
+//! deauthenticate, channels, stats).
 //!
 //! The listener reads each connection's HTTP request head, hands requests for the
 //! WebSocket path to the SocketCluster server (which performs the upgrade and all its
@@ -266,6 +266,7 @@ async fn api(req: Request<Incoming>, op: &Operator) -> Resp {
     match (method, path.as_str()) {
         (Method::GET, "/api/channels") => channels(op),
         (Method::GET, "/api/stats") => stats(op),
+        (Method::GET, "/api/history") => history(op, req.uri().query().unwrap_or("")).await,
         (Method::POST, "/api/publish") => match body_json(req, op.max_body).await {
             Ok(v) => publish(op, &v).await,
             Err(r) => r,
@@ -282,7 +283,9 @@ async fn api(req: Request<Incoming>, op: &Operator) -> Resp {
             Ok(v) => deauthenticate(op, &v).await,
             Err(r) => r,
         },
-        (_, "/api/channels" | "/api/stats") => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        (_, "/api/channels" | "/api/stats" | "/api/history") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        }
         (_, "/api/publish" | "/api/publish-batch" | "/api/disconnect" | "/api/deauthenticate") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use POST")
         }
@@ -345,13 +348,127 @@ async fn publish(op: &Operator, v: &Value) -> Resp {
         Ok(p) => p,
         Err(r) => return r,
     };
-    match op.server.exchange().publish_raw(&channel, data).await {
-        Ok(()) => json_response(StatusCode::OK, &json!({"published": 1})),
+    match op.server.exchange().publish_raw_at(&channel, data).await {
+        Ok(pos) => {
+            let mut body = json!({"published": 1});
+            if let Some(p) = pos {
+                body["offset"] = json!(p.offset);
+                body["epoch"] = json!(p.epoch);
+            }
+            json_response(StatusCode::OK, &body)
+        }
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("publish failed: {e}"),
         ),
     }
+}
+
+/// The most publications `GET /api/history` returns at once.
+const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// `GET /api/history?channel=C[&since=OFFSET][&limit=N]`: the channel's position and the
+/// publications after `since` (the oldest kept ones without it), at most `limit`
+/// (default 100, at most 1000), oldest first.
+async fn history(op: &Operator, query: &str) -> Resp {
+    let mut channel = None;
+    let mut since = None;
+    let mut limit = 100usize;
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "channel" => channel = Some(v),
+            "since" => match v.parse::<u64>() {
+                Ok(n) => since = Some(n),
+                Err(_) => return error(StatusCode::BAD_REQUEST, "`since` must be an offset"),
+            },
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_HISTORY_LIMIT).contains(&n) => limit = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("`limit` must be 1 to {MAX_HISTORY_LIMIT}"),
+                    );
+                }
+            },
+            _ => {}
+        }
+    }
+    let Some(channel) = channel.filter(|c| !c.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "give ?channel=<name>");
+    };
+    if op.server.config().history.rule_for(&channel).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("the {channel} channel has no history (see --history)"),
+        );
+    }
+    match op.server.exchange().history(&channel, since, limit).await {
+        Ok(read) => {
+            let publications: Vec<Value> = read
+                .publications
+                .iter()
+                .map(|p| {
+                    let data = p
+                        .raw_data()
+                        .and_then(|d| serde_json::from_str::<Value>(d.get()).ok());
+                    let mut v = json!({"offset": p.offset()});
+                    if let Some(d) = data {
+                        v["data"] = d;
+                    }
+                    v
+                })
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "channel": channel,
+                    "epoch": read.position.epoch,
+                    "offset": read.position.offset,
+                    "publications": publications,
+                }),
+            )
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("history read failed: {e}"),
+        ),
+    }
+}
+
+/// `key=value` pairs of a query string, percent-decoded (`+` is a space).
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' => match bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                },
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
 }
 
 async fn publish_batch(op: &Operator, v: &Value) -> Resp {
@@ -373,15 +490,30 @@ async fn publish_batch(op: &Operator, v: &Value) -> Resp {
         }
     }
     let exchange = op.server.exchange();
+    let mut positions = Vec::with_capacity(pubs.len());
     for (i, (channel, data)) in pubs.into_iter().enumerate() {
-        if let Err(e) = exchange.publish_raw(&channel, data).await {
-            return json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"error": format!("publications[{i}] failed: {e}"), "published": i}),
-            );
+        match exchange.publish_raw_at(&channel, data).await {
+            Ok(pos) => positions.push(pos),
+            Err(e) => {
+                return json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": format!("publications[{i}] failed: {e}"), "published": i}),
+                );
+            }
         }
     }
-    json_response(StatusCode::OK, &json!({"published": items.len()}))
+    let mut body = json!({"published": items.len()});
+    if positions.iter().any(Option::is_some) {
+        // One entry per publication: its position, or null on a channel without history.
+        body["positions"] = positions
+            .iter()
+            .map(|p| match p {
+                Some(p) => json!({"offset": p.offset, "epoch": p.epoch}),
+                None => Value::Null,
+            })
+            .collect();
+    }
+    json_response(StatusCode::OK, &body)
 }
 
 /// The sockets a disconnect/deauthenticate request selects: `{"socket": "<id>"}`, or

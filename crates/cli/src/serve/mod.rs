@@ -11,12 +11,26 @@ use std::time::Duration;
 
 use socketcluster_server::Limits;
 use socketcluster_server::auth::{AuthConfig, AuthKey, JwtAlgorithm};
-use socketcluster_server::{ProtocolVersion, Server, ServerConfig};
+use socketcluster_server::{HistoryConfig, HistoryRule, ProtocolVersion, Server, ServerConfig};
 
 use settings::{Broker, InvalidSetting, LogFormat, ServeArgs, Settings};
 
 /// Exit status for an invalid configuration.
 const EXIT_CONFIG: u8 = 2;
+
+/// The history rules: every `--history` pattern with `--history-size` and `--history-ttl`.
+fn history_config(s: &Settings) -> HistoryConfig {
+    s.history.iter().fold(
+        HistoryConfig::default().with_max_recovery(s.history_max_recovery),
+        |h, pattern| {
+            h.with_rule(
+                HistoryRule::new(pattern.clone())
+                    .with_size(s.history_size)
+                    .with_ttl(Duration::from_secs(s.history_ttl)),
+            )
+        },
+    )
+}
 
 /// Turn validated settings into the server library's configuration. Reading key and
 /// certificate files happens here, so every failure names its setting.
@@ -72,7 +86,8 @@ pub(crate) fn server_config(s: &Settings) -> Result<ServerConfig, InvalidSetting
         .with_ack_timeout(Duration::from_millis(s.ack_timeout))
         .with_origins(s.origins.clone())
         .with_tls(tls)
-        .with_limits(limits);
+        .with_limits(limits)
+        .with_history(history_config(s));
     // Validate the auth settings now (keys parse, algorithm fits the key) so that a bad
     // key is a configuration error, not a start-up crash.
     socketcluster_server::auth::AuthEngine::new(&config.auth).map_err(|e| {

@@ -100,6 +100,21 @@ pub(crate) struct ServeArgs {
     /// busy core while traffic flows). 0 = off. Default 0.
     #[arg(long, env = "SOCKETCLUSTER_BUSY_POLL_US")]
     busy_poll_us: Option<u64>,
+    /// Channel glob (`chat/*`) with history: its publications are numbered and kept, and a
+    /// client that comes back recovers what it missed (docs/PROTOCOL.md 14.16).
+    /// Repeatable; the environment variable takes a comma-separated list. Default: none.
+    #[arg(long, env = "SOCKETCLUSTER_HISTORY", value_delimiter = ',')]
+    history: Vec<String>,
+    /// Publications kept per channel with history. Default 100.
+    #[arg(long, env = "SOCKETCLUSTER_HISTORY_SIZE")]
+    history_size: Option<usize>,
+    /// Seconds each publication of a channel with history is kept. Default 300.
+    #[arg(long, env = "SOCKETCLUSTER_HISTORY_TTL")]
+    history_ttl: Option<u64>,
+    /// The most publications one recovery replays; a client that missed more is told it
+    /// was not recovered. Default 300.
+    #[arg(long, env = "SOCKETCLUSTER_HISTORY_MAX_RECOVERY")]
+    history_max_recovery: Option<usize>,
     /// Pub/sub backplane shared by several instances: `local` (in-process, default),
     /// `redis://HOST:PORT[,redis://HOST:PORT...]` (independent nodes, or a Redis Cluster
     /// with sharded pub/sub) or `nats://HOST:PORT[,...]`.
@@ -161,6 +176,14 @@ pub(crate) struct FileSettings {
     pub(crate) ack_timeout: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) broker: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) history: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) history_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) history_ttl: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) history_max_recovery: Option<usize>,
 }
 
 /// Log output format.
@@ -199,6 +222,10 @@ pub(crate) struct Settings {
     pub(crate) ack_timeout: u64,
     pub(crate) busy_poll_us: u64,
     pub(crate) broker: Broker,
+    pub(crate) history: Vec<String>,
+    pub(crate) history_size: usize,
+    pub(crate) history_ttl: u64,
+    pub(crate) history_max_recovery: usize,
 }
 
 /// The pub/sub backplane.
@@ -382,6 +409,13 @@ impl ServeArgs {
                     .or(file.broker.as_deref())
                     .unwrap_or("local"),
             )?,
+            history: pick_vec(&a.history, file.history),
+            history_size: a.history_size.or(file.history_size).unwrap_or(100),
+            history_ttl: a.history_ttl.or(file.history_ttl).unwrap_or(300),
+            history_max_recovery: a
+                .history_max_recovery
+                .or(file.history_max_recovery)
+                .unwrap_or(300),
         };
         s.validate()?;
         Ok(s)
@@ -503,6 +537,26 @@ impl Settings {
                 return Err(invalid("auth-channels", "patterns must not be empty"));
             }
         }
+        self.validate_history()
+    }
+
+    fn validate_history(&self) -> Result<(), InvalidSetting> {
+        if self.history.iter().any(String::is_empty) {
+            return Err(invalid("history", "patterns must not be empty"));
+        }
+        if self.history_size == 0 {
+            return Err(invalid("history-size", "must be greater than 0"));
+        }
+        if self.history_ttl == 0 {
+            return Err(invalid("history-ttl", "must be greater than 0"));
+        }
+        if !self.history.is_empty() && matches!(self.broker, Broker::Nats(_)) {
+            return Err(invalid(
+                "history",
+                "channel history needs the in-process broker or the Redis backplane; the NATS \
+                 backplane keeps none (use --broker redis://... for history across instances)",
+            ));
+        }
         Ok(())
     }
 
@@ -541,6 +595,10 @@ impl Settings {
             busy_poll_us: Some(self.busy_poll_us),
             ack_timeout: Some(self.ack_timeout),
             broker: Some(self.broker.as_setting()),
+            history: Some(self.history.clone()),
+            history_size: Some(self.history_size),
+            history_ttl: Some(self.history_ttl),
+            history_max_recovery: Some(self.history_max_recovery),
         };
         toml::to_string(&f).unwrap_or_default()
     }
