@@ -8,9 +8,10 @@ use socketcluster_server::broker::Delivery;
 use crate::envelope::{self, InstanceId};
 use crate::metrics::Counters;
 
-/// A received publication that passed [`accept`]: its channel and its data (validated raw
-/// JSON, the bytes as the publisher sent them; `None` for a publish without data).
-pub(crate) type Accepted<'a> = (&'a str, Option<Box<RawValue>>);
+/// A received publication that passed [`accept`]: its channel, its data (validated raw
+/// JSON, the bytes as the publisher sent them; `None` for a publish without data) and
+/// its position on a channel with history.
+pub(crate) type Accepted<'a> = (&'a str, Option<Box<RawValue>>, Option<(u64, &'a str)>);
 
 /// Decode and check a message received from the backplane: `None` (counted) for a
 /// message that must not be delivered (see [`deliver`], which delivers what passes).
@@ -29,8 +30,10 @@ pub(crate) fn accept<'a>(
             return None;
         }
     };
-    if env.instance == own {
-        // Our own publication: the local subscribers got it at publish time.
+    if env.instance == own && env.position.is_none() {
+        // Our own publication: the local subscribers got it at publish time. (A
+        // publication with a position is delivered from the backplane only, own ones
+        // included, so that every instance delivers a channel in offset order.)
         counters.echo_skipped();
         return None;
     }
@@ -40,7 +43,7 @@ pub(crate) fn accept<'a>(
         return None;
     }
     match env.raw_data() {
-        Ok(data) => Some((env.channel, data)),
+        Ok(data) => Some((env.channel, data, env.position)),
         Err(e) => {
             counters.invalid_message();
             tracing::debug!(error = %e, "dropping a backplane message with invalid data");
@@ -68,14 +71,20 @@ pub fn deliver(
     expected_channel: impl FnOnce(&str) -> bool,
     mismatch: &str,
 ) {
-    let Some((channel, data)) = accept(payload, own, counters, expected_channel, mismatch) else {
+    let Some((channel, data, position)) =
+        accept(payload, own, counters, expected_channel, mismatch)
+    else {
         return;
     };
     let Some(delivery) = delivery else {
         return;
     };
     counters.received();
-    delivery.deliver(&Publication::new(channel, data));
+    let publication = match position {
+        Some((offset, epoch)) => Publication::with_position(channel, data, offset, epoch.into()),
+        None => Publication::new(channel, data),
+    };
+    delivery.deliver(&publication);
 }
 
 #[cfg(test)]
@@ -107,11 +116,14 @@ mod tests {
         );
 
         let good = envelope::encode(other, "a", Some(&raw(r#"{ "k" : 1 }"#)));
-        let (channel, data) = accept(&good, me, &c, |ch| ch == "a", "x").unwrap();
+        let (channel, data, _) = accept(&good, me, &c, |ch| ch == "a", "x").unwrap();
         assert_eq!(channel, "a");
         assert_eq!(data.unwrap().get(), r#"{ "k" : 1 }"#);
         let none = envelope::encode(other, "a", None);
         assert!(accept(&none, me, &c, any, "x").unwrap().1.is_none());
         assert_eq!(c.snapshot().invalid_messages, 3);
+        // Our own positioned publication is not an echo to skip.
+        let own = envelope::encode_positioned(me, "a", Some(&raw("1")), 7, "E");
+        assert_eq!(accept(&own, me, &c, any, "x").unwrap().2, Some((7, "E")));
     }
 }

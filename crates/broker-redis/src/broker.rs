@@ -5,12 +5,17 @@ use std::time::Instant;
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
 use socketcluster_server::Publication;
-use socketcluster_server::broker::{Broker, BrokerError, BrokerFuture, Delivery};
+use socketcluster_server::RawValue;
+use socketcluster_server::broker::{
+    Broker, BrokerError, BrokerFuture, Delivery, HistoryFuture, PositionFuture,
+};
+use socketcluster_server::history::HistoryRule;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use crate::command::{Control, Publish};
+use crate::command::{Control, HistoryPublish, HistoryRead as ReadCommand, Outgoing, Publish};
 use crate::connection::{ConnectionTask, unavailable};
+use crate::history;
 use socketcluster_backplane::{
     BackplaneState, Counters, Health, InstanceId, NodeHealth, StateChanges, StateSender, Stats,
     envelope,
@@ -55,7 +60,7 @@ struct NodeHandle {
     key: String,
     status: Arc<NodeStatus>,
     control: mpsc::UnboundedSender<Control>,
-    publish: mpsc::Sender<Publish>,
+    publish: mpsc::Sender<Outgoing>,
     task: AbortHandle,
 }
 
@@ -351,6 +356,30 @@ impl RedisBroker {
         &self.inner.nodes[hashing::pick(&self.inner.keys, channel)]
     }
 
+    fn is_cluster(&self) -> bool {
+        self.inner.topology == Topology::Cluster
+    }
+
+    /// Queue a publication for its node's connection task.
+    fn enqueue(&self, node: &NodeHandle, item: Outgoing) -> Result<(), BrokerError> {
+        let shared = &self.inner.shared;
+        match node.publish.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                shared.counters.publish_failed();
+                Err(BrokerError(format!(
+                    "redis backplane {} publish queue is full ({} publications waiting)",
+                    node.key,
+                    node.publish.max_capacity()
+                )))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                shared.counters.publish_failed();
+                Err(BrokerError(crate::STOPPED.to_owned()))
+            }
+        }
+    }
+
     fn control(&self, channel: &str, make: fn(String, Done) -> Control) -> BrokerFuture {
         let node = self.node(channel);
         let redis_channel = self.inner.shared.redis_channel(channel);
@@ -411,22 +440,128 @@ impl Broker for RedisBroker {
             queued: Instant::now(),
             done,
         };
-        match node.publish.try_send(item) {
+        match self.enqueue(node, Outgoing::Plain(item)) {
             Ok(()) => Box::pin(answer),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                shared.counters.publish_failed();
-                request::failed(BrokerError(format!(
-                    "redis backplane {} publish queue is full ({} publications waiting)",
-                    node.key,
-                    node.publish.max_capacity()
-                )))
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                shared.counters.publish_failed();
-                request::failed(BrokerError(crate::STOPPED.to_owned()))
-            }
+            Err(e) => request::failed(e),
         }
     }
+
+    fn supports_history(&self) -> bool {
+        true
+    }
+
+    /// One Lua script takes the channel's next offset, appends the publication to the
+    /// channel's stream and publishes it with its position; every instance (this one
+    /// too) delivers it when it comes back from Redis, so a channel's publications reach
+    /// every subscriber in offset order.
+    fn publish_with_history(
+        &self,
+        channel: &str,
+        data: Option<Box<RawValue>>,
+        rule: &HistoryRule,
+    ) -> PositionFuture {
+        let shared = &self.inner.shared;
+        let node = self.node(channel);
+        if !node.status.is_connected() {
+            shared.counters.publish_failed();
+            return Box::pin(std::future::ready(Err(unavailable(&node.status))));
+        }
+        let redis_channel = shared.redis_channel(channel);
+        let Some((stream_key, meta_key)) = history::keys(&redis_channel, self.is_cluster()) else {
+            return Box::pin(std::future::ready(Err(no_slot(channel))));
+        };
+        let header = envelope::encode_positioned_header(shared.instance, channel, data.is_some());
+        let command: &[u8] = if self.is_cluster() {
+            b"SPUBLISH"
+        } else {
+            b"PUBLISH"
+        };
+        let has_data = data.is_some();
+        let args = vec![
+            redis_channel.into_bytes(),
+            header,
+            data.map(|d| d.get().as_bytes().to_vec())
+                .unwrap_or_default(),
+            rule.size.max(1).to_string().into_bytes(),
+            millis(rule.ttl).into_bytes(),
+            millis(history::meta_ttl(rule.ttl)).into_bytes(),
+            socketcluster_server::history::new_epoch_string().into_bytes(),
+            command.to_vec(),
+            if has_data {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            },
+        ];
+        let (done, answer) = oneshot::channel();
+        let item = HistoryPublish {
+            stream_key,
+            meta_key,
+            args,
+            queued: Instant::now(),
+            done,
+        };
+        if let Err(e) = self.enqueue(node, Outgoing::History(item)) {
+            return Box::pin(std::future::ready(Err(e)));
+        }
+        Box::pin(async move {
+            let v = answer
+                .await
+                .map_err(|_| BrokerError(crate::STOPPED.to_owned()))??;
+            history::parse_position(&v)
+        })
+    }
+
+    fn history(
+        &self,
+        channel: &str,
+        rule: &HistoryRule,
+        since: Option<u64>,
+        limit: usize,
+    ) -> HistoryFuture {
+        let shared = &self.inner.shared;
+        let node = self.node(channel);
+        let redis_channel = shared.redis_channel(channel);
+        let Some((stream_key, meta_key)) = history::keys(&redis_channel, self.is_cluster()) else {
+            return Box::pin(std::future::ready(Err(no_slot(channel))));
+        };
+        let args = vec![
+            format!("0-{}", since.unwrap_or(0).saturating_add(1)).into_bytes(),
+            limit.to_string().into_bytes(),
+            millis(rule.ttl).into_bytes(),
+            socketcluster_server::history::new_epoch_string().into_bytes(),
+            millis(history::meta_ttl(rule.ttl)).into_bytes(),
+        ];
+        let (done, answer) = oneshot::channel();
+        let read = ReadCommand {
+            stream_key,
+            meta_key,
+            args,
+            done,
+        };
+        if node.control.send(Control::Read(read)).is_err() {
+            return Box::pin(std::future::ready(Err(BrokerError(
+                crate::STOPPED.to_owned(),
+            ))));
+        }
+        let channel = channel.to_owned();
+        Box::pin(async move {
+            let v = answer
+                .await
+                .map_err(|_| BrokerError(crate::STOPPED.to_owned()))??;
+            history::parse_read(&channel, &v)
+        })
+    }
+}
+
+fn millis(d: std::time::Duration) -> String {
+    d.as_millis().max(1).to_string()
+}
+
+fn no_slot(channel: &str) -> BrokerError {
+    BrokerError(format!(
+        "the {channel} channel cannot keep history in a Redis Cluster: its name has braces but no hash tag"
+    ))
 }
 
 #[cfg(test)]

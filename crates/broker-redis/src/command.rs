@@ -4,6 +4,8 @@
 use std::time::Instant;
 
 use socketcluster_backplane::request::Done;
+use socketcluster_server::broker::BrokerError;
+use tokio::sync::oneshot;
 
 /// A publication waiting for the link.
 pub(crate) struct Publish {
@@ -15,8 +17,33 @@ pub(crate) struct Publish {
     pub(crate) done: Done,
 }
 
-/// Subscribe or unsubscribe a Redis channel.
+/// Subscribe or unsubscribe a Redis channel, or read a history.
 pub(crate) enum Control {
     Subscribe(String, Done),
     Unsubscribe(String, Done),
+    Read(HistoryRead),
+}
+
+/// A publication on a channel with history: the publish script's arguments.
+pub(crate) struct HistoryPublish {
+    pub(crate) stream_key: String,
+    pub(crate) meta_key: String,
+    /// ARGV of the script (see `history::PUBLISH_LUA`).
+    pub(crate) args: Vec<Vec<u8>>,
+    pub(crate) queued: Instant,
+    pub(crate) done: oneshot::Sender<Result<redis::Value, BrokerError>>,
+}
+
+/// What waits in a node's publish queue, in publish order.
+pub(crate) enum Outgoing {
+    Plain(Publish),
+    History(HistoryPublish),
+}
+
+/// A history read: the read script's keys and arguments.
+pub(crate) struct HistoryRead {
+    pub(crate) stream_key: String,
+    pub(crate) meta_key: String,
+    pub(crate) args: Vec<Vec<u8>>,
+    pub(crate) done: oneshot::Sender<Result<redis::Value, BrokerError>>,
 }

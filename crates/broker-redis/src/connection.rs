@@ -15,7 +15,8 @@ use std::time::Duration;
 use socketcluster_server::broker::BrokerError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::command::{Control, Publish};
+use crate::command::{Control, HistoryPublish, HistoryRead, Outgoing, Publish};
+use crate::history::scripts;
 use crate::link::{Connector, Link, Signals, is_connection_error};
 use crate::options::RedisBrokerOptions;
 use crate::shared::{NodeStatus, Shared};
@@ -32,7 +33,7 @@ pub(crate) struct ConnectionTask<C: Connector> {
     pub(crate) status: Arc<NodeStatus>,
     pub(crate) options: RedisBrokerOptions,
     pub(crate) control: mpsc::UnboundedReceiver<Control>,
-    pub(crate) publish: mpsc::Receiver<Publish>,
+    pub(crate) publish: mpsc::Receiver<Outgoing>,
     /// Redis channels that have local subscribers.
     pub(crate) wanted: HashSet<String>,
     /// Told the outcome of the first connection attempt.
@@ -192,6 +193,7 @@ impl<C: Connector> ConnectionTask<C> {
                     }
                 }
             }
+            Control::Read(read) => self.on_read(link, read).await,
             Control::Unsubscribe(channel, done) => {
                 done.send(Ok(()));
                 if !self.wanted.remove(&channel) {
@@ -211,13 +213,36 @@ impl<C: Connector> ConnectionTask<C> {
         }
     }
 
-    async fn on_publish(&mut self, link: &mut C::Link, first: Publish) -> Result<(), String> {
+    /// Write what waits in the publish queue, in order: runs of plain publications in one
+    /// pipeline each, publications with history one script call each.
+    async fn on_publish(&mut self, link: &mut C::Link, first: Outgoing) -> Result<(), String> {
         let mut batch = vec![first];
         while batch.len() < self.options.max_pipeline {
             match self.publish.try_recv() {
                 Ok(p) => batch.push(p),
                 Err(_) => break,
             }
+        }
+        let mut plain = Vec::new();
+        for item in batch {
+            match item {
+                Outgoing::Plain(p) => plain.push(p),
+                Outgoing::History(h) => {
+                    self.publish_plain(link, std::mem::take(&mut plain)).await?;
+                    self.publish_history(link, h).await?;
+                }
+            }
+        }
+        self.publish_plain(link, plain).await
+    }
+
+    async fn publish_plain(
+        &mut self,
+        link: &mut C::Link,
+        batch: Vec<Publish>,
+    ) -> Result<(), String> {
+        if batch.is_empty() {
+            return Ok(());
         }
         match link.publish(&batch).await {
             Ok(()) => {
@@ -245,6 +270,54 @@ impl<C: Connector> ConnectionTask<C> {
         }
     }
 
+    async fn publish_history(
+        &mut self,
+        link: &mut C::Link,
+        h: HistoryPublish,
+    ) -> Result<(), String> {
+        let keys = [h.stream_key.as_str(), h.meta_key.as_str()];
+        match link.eval(&scripts().publish, &keys, &h.args).await {
+            Ok(v) => {
+                self.shared.counters.published(h.queued.elapsed());
+                let _ = h.done.send(Ok(v));
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.counters.publish_failed();
+                let _ = h.done.send(Err(BrokerError(format!(
+                    "redis backplane publish to {} failed: {e}",
+                    self.status.address
+                ))));
+                if is_connection_error(&e) {
+                    Err(e.to_string())
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    async fn on_read(&mut self, link: &mut C::Link, r: HistoryRead) -> Result<(), String> {
+        let keys = [r.stream_key.as_str(), r.meta_key.as_str()];
+        match link.eval(&scripts().read, &keys, &r.args).await {
+            Ok(v) => {
+                let _ = r.done.send(Ok(v));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = r.done.send(Err(BrokerError(format!(
+                    "redis history read from {} failed: {e}",
+                    self.status.address
+                ))));
+                if is_connection_error(&e) {
+                    Err(e.to_string())
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
     /// Wait `delay` while disconnected: publications fail, subscriptions are recorded.
     /// `Err` when the broker was dropped.
     async fn wait_offline(&mut self, delay: Duration) -> Result<(), ()> {
@@ -263,12 +336,20 @@ impl<C: Connector> ConnectionTask<C> {
                         self.wanted.remove(&channel);
                         done.send(Ok(()));
                     }
+                    Some(Control::Read(r)) => {
+                        let _ = r.done.send(Err(unavailable(&self.status)));
+                    }
                 },
                 p = self.publish.recv() => match p {
                     None => return Err(()),
                     Some(p) => {
                         self.shared.counters.publish_failed();
-                        p.done.send(Err(unavailable(&self.status)));
+                        match p {
+                            Outgoing::Plain(p) => p.done.send(Err(unavailable(&self.status))),
+                            Outgoing::History(h) => {
+                                let _ = h.done.send(Err(unavailable(&self.status)));
+                            }
+                        }
                     }
                 },
                 _ = &mut sleep => return Ok(()),

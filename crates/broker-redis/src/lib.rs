@@ -101,6 +101,7 @@ mod command;
 mod connection;
 mod error;
 mod hashing;
+mod history;
 mod link;
 mod options;
 mod shared;

@@ -44,6 +44,29 @@ pub(crate) trait Link: Send + 'static {
     /// Publish in order; resolves when every message was accepted.
     fn publish(&mut self, batch: &[Publish]) -> impl Future<Output = RedisResult<()>> + Send;
     fn ping(&mut self) -> impl Future<Output = RedisResult<()>> + Send;
+    /// Run a script (its keys must share one slot in a cluster).
+    fn eval(
+        &mut self,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[Vec<u8>],
+    ) -> impl Future<Output = RedisResult<Value>> + Send;
+}
+
+async fn eval_on<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    script: &redis::Script,
+    keys: &[&str],
+    args: &[Vec<u8>],
+) -> RedisResult<Value> {
+    let mut inv = script.prepare_invoke();
+    for k in keys {
+        inv.key(*k);
+    }
+    for a in args {
+        inv.arg(&a[..]);
+    }
+    inv.invoke_async(conn).await
 }
 
 /// Whether an error means the connection must be replaced (as opposed to an error reply
@@ -130,6 +153,15 @@ impl Link for MultiplexedConnection {
     async fn ping(&mut self) -> RedisResult<()> {
         redis::cmd("PING").exec_async(self).await
     }
+
+    async fn eval(
+        &mut self,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[Vec<u8>],
+    ) -> RedisResult<Value> {
+        eval_on(self, script, keys, args).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -198,6 +230,15 @@ impl Link for ClusterConnection {
 
     async fn ping(&mut self) -> RedisResult<()> {
         redis::cmd("PING").exec_async(self).await
+    }
+
+    async fn eval(
+        &mut self,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[Vec<u8>],
+    ) -> RedisResult<Value> {
+        eval_on(self, script, keys, args).await
     }
 }
 

@@ -2,8 +2,8 @@
 //! ones for a while: the network failures a client must survive.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 /// A running proxy to one target address. Stops (cutting every connection) on drop.
 pub struct TcpProxy {
     port: u16,
+    target: Arc<Mutex<SocketAddr>>,
     cuts: watch::Sender<u64>,
     refusing: Arc<AtomicBool>,
     accepted: Arc<AtomicUsize>,
@@ -28,7 +29,13 @@ impl TcpProxy {
         let (cuts, _) = watch::channel(0u64);
         let refusing = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
-        let (c2, r2, a2) = (cuts.clone(), refusing.clone(), accepted.clone());
+        let target = Arc::new(Mutex::new(target));
+        let (c2, r2, a2, t2) = (
+            cuts.clone(),
+            refusing.clone(),
+            accepted.clone(),
+            target.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 if r2.load(Ordering::SeqCst) {
@@ -40,6 +47,7 @@ impl TcpProxy {
                 a2.fetch_add(1, Ordering::SeqCst);
                 let mut cut = c2.subscribe();
                 cut.borrow_and_update();
+                let target = *t2.lock().unwrap_or_else(|e| e.into_inner());
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
@@ -58,6 +66,7 @@ impl TcpProxy {
         });
         TcpProxy {
             port,
+            target,
             cuts,
             refusing,
             accepted,
@@ -78,6 +87,11 @@ impl TcpProxy {
     /// Refuse new connections (reset at once) while `on`.
     pub fn set_refusing(&self, on: bool) {
         self.refusing.store(on, Ordering::SeqCst);
+    }
+
+    /// Forward new connections to `target` from now on (current ones are untouched).
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = target;
     }
 
     /// Connections forwarded so far.

@@ -229,6 +229,11 @@ pub(crate) fn merge(
     }
 }
 
+/// A new random epoch, for brokers that keep history: 8 characters from `[A-Za-z0-9]`.
+pub fn new_epoch_string() -> String {
+    new_epoch().to_string()
+}
+
 /// A new random epoch: 8 characters from `[A-Za-z0-9]`.
 pub(crate) fn new_epoch() -> Arc<str> {
     use rand::Rng;
