@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use socketcluster_server::auth::{AuthConfig, SignOptions};
-use socketcluster_server::{ErrorObject, Limits, Request, Server, ServerConfig};
+use socketcluster_server::{
+    ErrorObject, HistoryConfig, HistoryRule, Limits, Request, Server, ServerConfig,
+};
 
 /// Flags.
 #[derive(Debug, Parser)]
@@ -42,6 +44,12 @@ struct Args {
     /// 0: off, the default and the setting compared with the JS server).
     #[arg(long, default_value_t = 0)]
     busy_poll_us: u64,
+    /// Channel pattern with history (repeatable; `ServerConfig::history`). Default: none.
+    #[arg(long)]
+    history: Vec<String>,
+    /// Publications kept per channel with history (also the recovery limit).
+    #[arg(long, default_value_t = 100)]
+    history_size: usize,
 }
 
 async fn shutdown_signal() {
@@ -68,7 +76,11 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .with_ping_interval(Duration::from_millis(8_000))
         .with_ping_timeout(Duration::from_millis(30_000))
         .with_limits(Limits::default().socket_channel_limit(None))
-        .with_busy_poll((args.busy_poll_us > 0).then(|| Duration::from_micros(args.busy_poll_us)));
+        .with_busy_poll((args.busy_poll_us > 0).then(|| Duration::from_micros(args.busy_poll_us)))
+        .with_history(args.history.iter().fold(
+            HistoryConfig::default().with_max_recovery(args.history_size),
+            |h, p| h.with_rule(HistoryRule::new(p.clone()).with_size(args.history_size)),
+        ));
     let server = Server::new(config)?;
     server.procedure("echo", |mut req: Request| async move {
         let data = req.take_raw_data();

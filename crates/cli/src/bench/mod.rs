@@ -7,7 +7,9 @@
 //!   and at a fixed light rate, with publish-to-receive latency;
 //! * `channels` ([`channels`]): one socket subscribing to K channels;
 //! * `idle` ([`idle`]): N connected, authenticated, idle sockets;
-//! * `storm` ([`storm`]): N subscribed sockets, the server killed and restarted.
+//! * `storm` ([`storm`]): N subscribed sockets, the server killed and restarted;
+//! * `recovery` ([`recovery`]): N sockets on a channel with history miss M publications
+//!   and recover them at once; server memory per retained publication.
 //!
 //! Server memory and CPU come from `/proc/PID` of `--server-pid` (or of the server
 //! `storm` starts itself). Every scenario prints a table, or with `--json` one JSON
@@ -18,6 +20,7 @@ mod channels;
 mod fanout;
 mod idle;
 mod process;
+mod recovery;
 mod rpc;
 mod stats;
 mod storm;
@@ -98,6 +101,9 @@ enum Scenario {
     /// N subscribed sockets, server killed and restarted: time to resubscribe all, and
     /// server CPU seconds.
     Storm(storm::StormArgs),
+    /// N sockets on a channel with history miss M publications and reconnect at once:
+    /// time and server CPU until all recovered; server memory per retained publication.
+    Recovery(recovery::RecoveryArgs),
 }
 
 /// Errors of `socketcluster bench`.
@@ -147,6 +153,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, BenchError> {
         Scenario::Channels(a) => channels::run(&ctx, a).await?,
         Scenario::Idle(a) => idle::run(&ctx, a).await?,
         Scenario::Storm(a) => storm::run(&ctx, a).await?,
+        Scenario::Recovery(a) => recovery::run(&ctx, a).await?,
     };
     let label = ctx.common.label.as_deref();
     if ctx.common.json {
