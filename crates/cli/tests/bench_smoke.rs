@@ -98,3 +98,40 @@ async fn bench_fanout_reports_deliveries_and_latency_as_json() {
     assert_eq!(metric(&v, "light_lost"), 0.0, "{v}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_recovery_reports_every_socket_recovered_and_the_retained_memory() {
+    use socketcluster_server::{HistoryConfig, HistoryRule};
+    let config = ServerConfig::default()
+        .with_host("127.0.0.1")
+        .with_port(0)
+        .with_history(
+            HistoryConfig::default().with_rule(HistoryRule::new("bench/*").with_size(100)),
+        );
+    let server = Server::bind(config).await.expect("server binds");
+    let url = format!("ws://{}/socketcluster/", server.local_addr().unwrap());
+    let v = bench(
+        &url,
+        &[
+            "recovery",
+            "--sockets",
+            "20",
+            "--missed",
+            "10",
+            "--memory-channels",
+            "10",
+            "--memory-per-channel",
+            "10",
+        ],
+    )
+    .await;
+    assert_eq!(v["scenario"], "recovery");
+    assert_eq!(metric(&v, "recovered_sockets"), 20.0, "{v}");
+    assert_eq!(metric(&v, "not_recovered_sockets"), 0.0, "{v}");
+    assert_eq!(metric(&v, "replayed_publications"), 200.0, "{v}");
+    assert!(metric(&v, "server_cpu_s") >= 0.0, "{v}");
+    assert!(
+        metric(&v, "server_bytes_per_retained_publication") >= 0.0,
+        "{v}"
+    );
+}
