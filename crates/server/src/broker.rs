@@ -95,7 +95,11 @@ pub trait Broker: Send + Sync + 'static {
     fn subscribe(&self, channel: &str) -> BrokerFuture;
     /// A channel lost its last local subscriber.
     fn unsubscribe(&self, channel: &str) -> BrokerFuture;
-    /// Publish. Must eventually deliver to the local subscribers exactly once.
+    /// Publish. Must eventually deliver to the local subscribers exactly once. The
+    /// returned future only reports the outcome: the publication must go ahead even if
+    /// the future is dropped unpolled (the server does not wait for the outcome of a
+    /// transmitted publication, and does not hold up a socket's next messages for it).
+    /// A broker must keep the publications it is given in order.
     fn publish(&self, publication: Arc<Publication>) -> BrokerFuture;
 
     /// Whether this broker keeps channel history ([`Broker::publish_with_history`],
@@ -111,7 +115,8 @@ pub trait Broker: Send + Sync + 'static {
     /// once, such that every subscriber of the channel, on every server, receives the
     /// channel's publications in offset order, and that a subscriber registered before a
     /// [`Broker::history`] read finds each later publication in the read or receives
-    /// it (or both). Default: fails with [`NO_HISTORY`].
+    /// it (or both). As for [`Broker::publish`], the future only reports the outcome.
+    /// Default: fails with [`NO_HISTORY`].
     fn publish_with_history(
         &self,
         channel: &str,

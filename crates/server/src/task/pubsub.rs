@@ -5,9 +5,12 @@
 use std::sync::atomic::Ordering;
 
 use socketcluster_protocol::error::wire;
+use std::future::Future;
+
+use futures_util::FutureExt;
 use socketcluster_protocol::history;
 use socketcluster_protocol::reserved::{self, SubscribeRequest, parse_publish, parse_unsubscribe};
-use socketcluster_protocol::{Cid, ErrorObject, RawValue, WireError};
+use socketcluster_protocol::{Cid, ErrorObject, RawValue, ResponsePacket, WireError};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -80,16 +83,41 @@ impl SocketTask {
         crate::metrics::publication_in("client");
         if let Some(rule) = self.server.config.history.rule_for(channel) {
             let fut = self.server.broker.publish_with_history(channel, data, rule);
-            return self.start_step(Box::pin(async move {
-                Resume::Published {
-                    cid,
-                    result: fut.await.map(|_| ()),
-                }
-            }));
+            return self.published(cid, async move { fut.await.map(|_| ()) });
         }
         let p = Publication::new(channel, data);
         let fut = self.server.broker.publish(p);
-        self.broker_step(fut, move |result| Resume::Published { cid, result });
+        self.published(cid, fut);
+    }
+
+    /// A publication was handed to the broker. Its outcome (the answer to an invoked
+    /// `#publish`) does not hold up this socket's next messages: a broker that waits for
+    /// a backplane (Redis, NATS) keeps one socket's publications in the order it got
+    /// them, so the next publication may be handed over at once (pipelined) instead of
+    /// one backplane round trip later. The in-process broker answers at once.
+    fn published(
+        &mut self,
+        cid: Option<Cid>,
+        fut: impl Future<Output = Result<(), BrokerError>> + Send + 'static,
+    ) {
+        let mut fut = Box::pin(fut);
+        if let Some(result) = (&mut fut).now_or_never() {
+            return self.resume(Resume::Published { cid, result });
+        }
+        // A transmitted publication has nobody to tell its outcome: the future only
+        // reports it (see `Broker::publish`), so it is dropped.
+        let Some(cid) = cid else { return };
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let packet = match fut.await {
+                Ok(()) => ResponsePacket::ok(cid, None),
+                Err(e) => ResponsePacket::err(
+                    cid,
+                    &WireError::Object(ErrorObject::new("BrokerError", e.0)),
+                ),
+            };
+            shared.outbox.push(Utf8Bytes::from(packet.encode()));
+        });
     }
 
     pub(super) fn check_channel_name(&self, channel: &str) -> Option<ErrorObject> {
