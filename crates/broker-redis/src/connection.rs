@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::command::{Control, HistoryPublish, HistoryRead, Outgoing, Publish};
 use crate::history::scripts;
-use crate::link::{Connector, Link, Signals, is_connection_error};
+use crate::link::{Connector, Link, ScriptCall, Signals, is_connection_error};
 use crate::options::RedisBrokerOptions;
 use crate::shared::{NodeStatus, Shared};
 use socketcluster_backplane::jitter;
@@ -223,16 +223,23 @@ impl<C: Connector> ConnectionTask<C> {
                 Err(_) => break,
             }
         }
+        // Consecutive items of one kind go out together; the kinds alternate in order.
         let mut plain = Vec::new();
+        let mut history = Vec::new();
         for item in batch {
             match item {
-                Outgoing::Plain(p) => plain.push(p),
+                Outgoing::Plain(p) => {
+                    self.publish_history(link, std::mem::take(&mut history))
+                        .await?;
+                    plain.push(p);
+                }
                 Outgoing::History(h) => {
                     self.publish_plain(link, std::mem::take(&mut plain)).await?;
-                    self.publish_history(link, h).await?;
+                    history.push(h);
                 }
             }
         }
+        self.publish_history(link, history).await?;
         self.publish_plain(link, plain).await
     }
 
@@ -273,21 +280,42 @@ impl<C: Connector> ConnectionTask<C> {
     async fn publish_history(
         &mut self,
         link: &mut C::Link,
-        h: HistoryPublish,
+        batch: Vec<HistoryPublish>,
     ) -> Result<(), String> {
-        let keys = [h.stream_key.as_str(), h.meta_key.as_str()];
-        match link.eval(&scripts().publish, &keys, &h.args).await {
-            Ok(v) => {
-                self.shared.counters.published(h.queued.elapsed());
-                let _ = h.done.send(Ok(v));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let calls: Vec<ScriptCall<'_>> = batch
+            .iter()
+            .map(|h| ScriptCall {
+                keys: [h.stream_key.as_str(), h.meta_key.as_str()],
+                args: &h.args,
+            })
+            .collect();
+        let replies = link.eval_many(&scripts().publish, &calls).await;
+        drop(calls);
+        match replies {
+            Ok(replies) => {
+                for (h, reply) in batch.into_iter().zip(replies) {
+                    match reply {
+                        Ok(v) => {
+                            self.shared.counters.published(h.queued.elapsed());
+                            let _ = h.done.send(Ok(v));
+                        }
+                        Err(e) => {
+                            self.shared.counters.publish_failed();
+                            let _ = h.done.send(Err(self.publish_error(&e)));
+                        }
+                    }
+                }
                 Ok(())
             }
             Err(e) => {
-                self.shared.counters.publish_failed();
-                let _ = h.done.send(Err(BrokerError(format!(
-                    "redis backplane publish to {} failed: {e}",
-                    self.status.address
-                ))));
+                let error = self.publish_error(&e);
+                for h in batch {
+                    self.shared.counters.publish_failed();
+                    let _ = h.done.send(Err(error.clone()));
+                }
                 if is_connection_error(&e) {
                     Err(e.to_string())
                 } else {
@@ -295,6 +323,13 @@ impl<C: Connector> ConnectionTask<C> {
                 }
             }
         }
+    }
+
+    fn publish_error(&self, e: &redis::RedisError) -> BrokerError {
+        BrokerError(format!(
+            "redis backplane publish to {} failed: {e}",
+            self.status.address
+        ))
     }
 
     async fn on_read(&mut self, link: &mut C::Link, r: HistoryRead) -> Result<(), String> {

@@ -51,6 +51,75 @@ pub(crate) trait Link: Send + 'static {
         keys: &[&str],
         args: &[Vec<u8>],
     ) -> impl Future<Output = RedisResult<Value>> + Send;
+    /// Run a script once per call, in order; one reply per call, in the same order (an
+    /// error reply fails only its own call). `Err` when the link itself failed. A single
+    /// node pipelines the calls; a cluster runs them one after the other.
+    fn eval_many(
+        &mut self,
+        script: &redis::Script,
+        calls: &[ScriptCall<'_>],
+    ) -> impl Future<Output = RedisResult<Vec<RedisResult<Value>>>> + Send;
+}
+
+/// One call of a script: its two keys and its arguments.
+pub(crate) struct ScriptCall<'a> {
+    pub(crate) keys: [&'a str; 2],
+    pub(crate) args: &'a [Vec<u8>],
+}
+
+async fn eval_each<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    script: &redis::Script,
+    calls: &[ScriptCall<'_>],
+) -> RedisResult<Vec<RedisResult<Value>>> {
+    let mut out = Vec::with_capacity(calls.len());
+    for c in calls {
+        match eval_on(conn, script, &c.keys, c.args).await {
+            Err(e) if is_connection_error(&e) => return Err(e),
+            reply => out.push(reply),
+        }
+    }
+    Ok(out)
+}
+
+/// Pipeline one `EVALSHA` per call. A call the server answered `NOSCRIPT` (a restarted
+/// or flushed Redis) did not run: the script is loaded and those calls are sent again.
+async fn eval_pipelined<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    script: &redis::Script,
+    calls: &[ScriptCall<'_>],
+) -> RedisResult<Vec<RedisResult<Value>>> {
+    let send = async |conn: &mut C, calls: &[&ScriptCall<'_>]| {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for c in calls {
+            let cmd = pipe.cmd("EVALSHA").arg(script.get_hash()).arg(2);
+            cmd.arg(c.keys[0]).arg(c.keys[1]);
+            for a in c.args {
+                cmd.arg(&a[..]);
+            }
+        }
+        pipe.query_async::<Vec<Value>>(conn).await
+    };
+    let all: Vec<&ScriptCall<'_>> = calls.iter().collect();
+    let mut replies = send(conn, &all).await?;
+    let missing: Vec<usize> = (0..replies.len())
+        .filter(|i| matches!(&replies[*i], Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript)))
+        .collect();
+    if !missing.is_empty() {
+        script.prepare_invoke().load_async(conn).await?;
+        let again: Vec<&ScriptCall<'_>> = missing.iter().map(|i| &calls[*i]).collect();
+        for (i, reply) in missing.into_iter().zip(send(conn, &again).await?) {
+            replies[i] = reply;
+        }
+    }
+    Ok(replies
+        .into_iter()
+        .map(|v| match v {
+            Value::ServerError(e) => Err(e.into()),
+            v => Ok(v),
+        })
+        .collect())
 }
 
 async fn eval_on<C: redis::aio::ConnectionLike + Send>(
@@ -162,6 +231,17 @@ impl Link for MultiplexedConnection {
     ) -> RedisResult<Value> {
         eval_on(self, script, keys, args).await
     }
+
+    async fn eval_many(
+        &mut self,
+        script: &redis::Script,
+        calls: &[ScriptCall<'_>],
+    ) -> RedisResult<Vec<RedisResult<Value>>> {
+        if calls.len() == 1 {
+            return eval_each(self, script, calls).await;
+        }
+        eval_pipelined(self, script, calls).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -239,6 +319,14 @@ impl Link for ClusterConnection {
         args: &[Vec<u8>],
     ) -> RedisResult<Value> {
         eval_on(self, script, keys, args).await
+    }
+
+    async fn eval_many(
+        &mut self,
+        script: &redis::Script,
+        calls: &[ScriptCall<'_>],
+    ) -> RedisResult<Vec<RedisResult<Value>>> {
+        eval_each(self, script, calls).await
     }
 }
 

@@ -232,3 +232,58 @@ async fn foreign_messages_on_the_channel_are_dropped_not_forwarded() {
     }
     assert_eq!(sub.try_publication(), None);
 }
+
+/// Publications with history are pipelined, one script call each. After `SCRIPT FLUSH`
+/// (what a restarted Redis looks like to a live link) the whole burst meets `NOSCRIPT`,
+/// is sent again once the script is loaded, and every publication gets its own offset, in
+/// the order it was published, none lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_history_publications_survive_a_script_flush_in_order() {
+    use socketcluster_server::broker::Broker;
+    use socketcluster_server::history::HistoryRule;
+
+    let redis = RedisServer::start();
+    let broker = RedisBroker::connect(&[redis.url()], options())
+        .await
+        .expect("connect");
+    let rule = HistoryRule::new("*").with_size(1000);
+    let raw = |i: usize| Some(serde_json::value::to_raw_value(&i).unwrap());
+
+    let first = broker
+        .publish_with_history("h", raw(0), &rule)
+        .await
+        .expect("first publish");
+    assert_eq!(first.offset, 1);
+    assert!(
+        redis_command(redis.port, "SCRIPT FLUSH")
+            .unwrap()
+            .contains("OK")
+    );
+
+    let burst: Vec<_> = (1..=300)
+        .map(|i| broker.publish_with_history("h", raw(i), &rule))
+        .collect();
+    for (i, future) in burst.into_iter().enumerate() {
+        let position = tokio::time::timeout(WAIT, future)
+            .await
+            .expect("publish answered")
+            .expect("publish stored");
+        assert_eq!(
+            position.offset,
+            i as u64 + 2,
+            "offset of publication {}",
+            i + 1
+        );
+        assert_eq!(position.epoch, first.epoch, "no new stream");
+    }
+
+    let read = broker.history("h", &rule, None, 1000).await.expect("read");
+    assert_eq!(read.position.offset, 301);
+    let kept: Vec<(u64, usize)> = read
+        .publications
+        .iter()
+        .map(|p| (p.offset().unwrap(), p.data().unwrap()))
+        .collect();
+    let expected: Vec<(u64, usize)> = (0..=300).map(|i| (i as u64 + 1, i)).collect();
+    assert_eq!(kept, expected);
+}
