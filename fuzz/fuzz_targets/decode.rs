@@ -2,8 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use socketcluster_protocol::reserved::{self, HandshakeStatus, SubscribeRequest};
-use socketcluster_protocol::{BatchItem, Cid, Frame, KeyOrder, Packet, ProtocolVersion, Role, codec};
+use socketcluster_rs_protocol::reserved::{self, HandshakeStatus, SubscribeRequest};
+use socketcluster_rs_protocol::{BatchItem, Cid, Frame, KeyOrder, Packet, ProtocolVersion, Role, codec};
 
 fn exercise(p: &Packet) {
     // Re-encoding what was decoded must decode to the same packet (except an infinite
@@ -56,5 +56,5 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let _ = socketcluster_protocol::auth::decode_token_payload(&text);
+    let _ = socketcluster_rs_protocol::auth::decode_token_payload(&text);
 });

@@ -1,6 +1,6 @@
 //! The backplane message formats (versions 1 and 2).
 //!
-//! The same format is used by `socketcluster-broker-redis` and `socketcluster-broker-nats`
+//! The same format is used by `socketcluster-rs-broker-redis` and `socketcluster-rs-broker-nats`
 //! (both use this module; the golden test below pins the bytes).
 //!
 //! ```text

@@ -2,8 +2,8 @@
 //! delivered to the local subscribers.
 
 use serde_json::value::RawValue;
-use socketcluster_server::Publication;
-use socketcluster_server::broker::Delivery;
+use socketcluster_rs_server::Publication;
+use socketcluster_rs_server::broker::Delivery;
 
 use crate::envelope::{self, InstanceId};
 use crate::metrics::Counters;

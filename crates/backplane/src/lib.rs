@@ -1,5 +1,5 @@
 //! The pieces shared by the `socketcluster-server` backplanes
-//! (`socketcluster-broker-redis` and `socketcluster-broker-nats`), so that both speak the
+//! (`socketcluster-rs-broker-redis` and `socketcluster-rs-broker-nats`), so that both speak the
 //! same format and report the same things:
 //!
 //! * [`envelope`]: the binary message format written to the backplane (version 1), with

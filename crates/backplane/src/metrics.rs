@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::Stats;
 
 /// Names of the metrics reported through the `metrics` facade. Every metric has the
-/// label `backend`: `"redis"` for `socketcluster-broker-redis`, `"nats"` for
-/// `socketcluster-broker-nats` (see [`Counters::new`](crate::Counters::new)).
+/// label `backend`: `"redis"` for `socketcluster-rs-broker-redis`, `"nats"` for
+/// `socketcluster-rs-broker-nats` (see [`Counters::new`](crate::Counters::new)).
 pub mod metric_names {
     /// Counter: publications written to the backplane and confirmed.
     pub const PUBLISHED: &str = "socketcluster_backplane_published_total";

@@ -8,7 +8,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use socketcluster_backplane::LinkOptions;
+/// use socketcluster_rs_backplane::LinkOptions;
 ///
 /// let link = LinkOptions::default().reconnect_delay(Duration::from_secs(1), Duration::ZERO);
 /// assert_eq!(link.reconnect_max_delay, Duration::from_secs(1));

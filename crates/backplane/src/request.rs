@@ -5,7 +5,7 @@
 //!
 //! ```
 //! # async fn demo() {
-//! use socketcluster_backplane::request::{self, Done};
+//! use socketcluster_rs_backplane::request::{self, Done};
 //! use tokio::sync::mpsc;
 //!
 //! let (task, mut commands) = mpsc::unbounded_channel::<Done>();
@@ -25,7 +25,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use socketcluster_server::broker::{BrokerError, BrokerFuture};
+use socketcluster_rs_server::broker::{BrokerError, BrokerFuture};
 use tokio::sync::oneshot;
 
 /// Where the connection task answers one command.

@@ -47,8 +47,8 @@ impl StateSender {
 /// `NatsBroker::state_changes`). Cheap to clone; each clone waits for changes on its own.
 ///
 /// ```no_run
-/// # async fn demo(mut changes: socketcluster_backplane::StateChanges) {
-/// use socketcluster_backplane::BackplaneState;
+/// # async fn demo(mut changes: socketcluster_rs_backplane::StateChanges) {
+/// use socketcluster_rs_backplane::BackplaneState;
 ///
 /// tracing::info!(state = changes.current().as_str(), "backplane");
 /// while let Some(state) = changes.changed().await {

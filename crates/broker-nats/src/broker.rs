@@ -6,14 +6,14 @@ use std::time::Instant;
 
 use async_nats::ServerAddr;
 use bytes::Bytes;
-use socketcluster_server::Publication;
-use socketcluster_server::broker::{Broker, BrokerError, BrokerFuture, Delivery};
+use socketcluster_rs_server::Publication;
+use socketcluster_rs_server::broker::{Broker, BrokerError, BrokerFuture, Delivery};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 use crate::command::{Control, Publish};
 use crate::connection::{Confirmer, ConnectionTask, unavailable};
-use socketcluster_backplane::{
+use socketcluster_rs_backplane::{
     BackplaneState, Counters, Health, InstanceId, NodeHealth, StateChanges, StateSender, Stats,
     envelope,
     request::{self, Done},
@@ -33,8 +33,8 @@ use crate::subject::{channel_subject, valid_prefix};
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
-/// use socketcluster_broker_nats::{NatsBroker, NatsBrokerOptions};
-/// use socketcluster_server::{Server, ServerConfig};
+/// use socketcluster_rs_broker_nats::{NatsBroker, NatsBrokerOptions};
+/// use socketcluster_rs_server::{Server, ServerConfig};
 ///
 /// let broker = NatsBroker::connect("nats://127.0.0.1:4222", NatsBrokerOptions::default()).await?;
 /// let server = Server::with_broker(ServerConfig::default(), Arc::new(broker.clone()))?;
@@ -90,8 +90,8 @@ impl NatsBroker {
     /// backoff, and every subscription is restored.
     ///
     /// ```no_run
-    /// # async fn demo() -> Result<(), socketcluster_broker_nats::Error> {
-    /// use socketcluster_broker_nats::{NatsBroker, NatsBrokerOptions};
+    /// # async fn demo() -> Result<(), socketcluster_rs_broker_nats::Error> {
+    /// use socketcluster_rs_broker_nats::{NatsBroker, NatsBrokerOptions};
     ///
     /// let broker = NatsBroker::connect(
     ///     "nats://10.0.0.1:4222,nats://10.0.0.2:4222",

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use socketcluster_backplane::request::Done;
+use socketcluster_rs_backplane::request::Done;
 
 /// Ordered control commands.
 pub(crate) enum Control {

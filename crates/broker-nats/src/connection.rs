@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use socketcluster_server::broker::BrokerError;
+use socketcluster_rs_server::broker::BrokerError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 

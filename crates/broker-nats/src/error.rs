@@ -1,7 +1,7 @@
 //! Errors of [`crate::NatsBroker::connect`].
 //!
 //! Errors of broker operations are the server's
-//! [`socketcluster_server::broker::BrokerError`].
+//! [`socketcluster_rs_server::broker::BrokerError`].
 
 /// Setting up a [`crate::NatsBroker`] failed.
 #[derive(Debug, thiserror::Error)]

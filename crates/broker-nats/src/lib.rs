@@ -6,8 +6,8 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use socketcluster_broker_nats::{NatsBroker, NatsBrokerOptions};
-//! use socketcluster_server::{Server, ServerConfig};
+//! use socketcluster_rs_broker_nats::{NatsBroker, NatsBrokerOptions};
+//! use socketcluster_rs_server::{Server, ServerConfig};
 //!
 //! let broker = NatsBroker::connect("nats://127.0.0.1:4222", NatsBrokerOptions::default()).await?;
 //! let server = Server::with_broker(ServerConfig::default(), Arc::new(broker.clone()))?;
@@ -35,7 +35,7 @@
 //! Each publication is sent as a small binary envelope: the magic `SC`, a version byte, a
 //! flags byte, the publishing broker's 16-byte [`InstanceId`], the channel name, then the
 //! published JSON **bytes exactly as received** (never re-encoded). The format is the same
-//! as `socketcluster-broker-redis`'s (see `socketcluster_backplane::envelope`).
+//! as `socketcluster-rs-broker-redis`'s (see `socketcluster_rs_backplane::envelope`).
 //!
 //! The publishing instance **delivers to its own subscribers immediately**, inside
 //! `publish`, then queues the envelope; its echo from NATS is recognised by the instance
@@ -63,7 +63,7 @@
 //!   `socketcluster_backplane_connections_up` drops;
 //! * local traffic continues: local subscribers still receive local publications;
 //! * every publication fails at once — the `publish` future returns a
-//!   [`BrokerError`](socketcluster_server::broker::BrokerError), which the server turns
+//!   [`BrokerError`](socketcluster_rs_server::broker::BrokerError), which the server turns
 //!   into an error reply to the publisher (never a silent success; async-nats would
 //!   otherwise buffer it and send it later). A publication in flight when the connection
 //!   drops also fails, although the server may have relayed it;
@@ -74,7 +74,7 @@
 //! # Metrics
 //!
 //! Through the `metrics` facade (see [`metric_names`], label `backend="nats"`): the same
-//! metrics as `socketcluster-broker-redis`. Also readable with [`NatsBroker::stats`].
+//! metrics as `socketcluster-rs-broker-redis`. Also readable with [`NatsBroker::stats`].
 #![forbid(unsafe_code)]
 
 mod broker;
@@ -88,7 +88,7 @@ mod subject;
 pub use broker::NatsBroker;
 pub use error::Error;
 pub use options::NatsBrokerOptions;
-pub use socketcluster_backplane::{
+pub use socketcluster_rs_backplane::{
     BackplaneState, Health, InstanceId, LinkOptions, NodeHealth, StateChanges, Stats, metric_names,
 };
 pub use subject::{MAX_INLINE_CHANNEL_LEN, channel_subject};

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use socketcluster_backplane::LinkOptions;
+use socketcluster_rs_backplane::LinkOptions;
 
 /// Options of a [`crate::NatsBroker`]. Every field has a setter (those of
 /// [`NatsBrokerOptions::link`] too).
 ///
 /// ```
 /// use std::time::Duration;
-/// use socketcluster_broker_nats::NatsBrokerOptions;
+/// use socketcluster_rs_broker_nats::NatsBrokerOptions;
 ///
 /// let options = NatsBrokerOptions::default()
 ///     .subject_prefix("myapp.sc")
@@ -106,7 +106,7 @@ impl NatsBrokerOptions {
     /// Delay before reconnect attempt `attempt` (1-based, as async-nats counts), jittered.
     pub(crate) fn reconnect_delay_for(&self, attempt: usize) -> Duration {
         let exp = u32::try_from(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
-        socketcluster_backplane::jitter(self.link.backoff(exp))
+        socketcluster_rs_backplane::jitter(self.link.backoff(exp))
     }
 }
 

@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use async_nats::Event;
-use socketcluster_server::broker::Delivery;
+use socketcluster_rs_server::broker::Delivery;
 use tokio::sync::{mpsc, watch};
 
 use crate::command::Control;
-use socketcluster_backplane::{
+use socketcluster_rs_backplane::{
     BackplaneState, Counters, InstanceId, LastError, StateSender, inbound, request,
 };
 

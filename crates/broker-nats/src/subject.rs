@@ -28,7 +28,7 @@ pub const MAX_INLINE_CHANNEL_LEN: usize = 192;
 /// The NATS subject carrying `channel` under `prefix`.
 ///
 /// ```
-/// use socketcluster_broker_nats::channel_subject;
+/// use socketcluster_rs_broker_nats::channel_subject;
 /// assert_eq!(channel_subject("sc", "a.b"), "sc.c.YS5i");
 /// assert_eq!(channel_subject("sc", "a.*"), "sc.c.YS4q");
 /// assert_eq!(channel_subject("sc", ">"), "sc.c.Pg");

@@ -1,4 +1,4 @@
-//! Several `socketcluster_server::Server`s sharing channels through a real `nats-server`.
+//! Several `socketcluster_rs_server::Server`s sharing channels through a real `nats-server`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,8 +7,8 @@ use sc_test_support::backplane::{NatsServer, WAIT};
 use sc_test_support::backplane_suite::{Probe, WsClient, scenarios, start_server};
 use sc_test_support::free_port;
 use serde_json::json;
-use socketcluster_broker_nats::{Error, NatsBroker, NatsBrokerOptions};
-use socketcluster_server::Server;
+use socketcluster_rs_broker_nats::{Error, NatsBroker, NatsBrokerOptions};
+use socketcluster_rs_server::Server;
 
 fn options() -> NatsBrokerOptions {
     NatsBrokerOptions::default()

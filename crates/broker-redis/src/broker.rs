@@ -4,19 +4,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
-use socketcluster_server::Publication;
-use socketcluster_server::RawValue;
-use socketcluster_server::broker::{
+use socketcluster_rs_server::Publication;
+use socketcluster_rs_server::RawValue;
+use socketcluster_rs_server::broker::{
     Broker, BrokerError, BrokerFuture, Delivery, HistoryFuture, PositionFuture,
 };
-use socketcluster_server::history::HistoryRule;
+use socketcluster_rs_server::history::HistoryRule;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::command::{Control, HistoryPublish, HistoryRead as ReadCommand, Outgoing, Publish};
 use crate::connection::{ConnectionTask, unavailable};
 use crate::history;
-use socketcluster_backplane::{
+use socketcluster_rs_backplane::{
     BackplaneState, Counters, Health, InstanceId, NodeHealth, StateChanges, StateSender, Stats,
     envelope,
     request::{self, Done},
@@ -37,8 +37,8 @@ use crate::shared::{NodeStatus, Shared};
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
-/// use socketcluster_broker_redis::{RedisBroker, RedisBrokerOptions};
-/// use socketcluster_server::{Server, ServerConfig};
+/// use socketcluster_rs_broker_redis::{RedisBroker, RedisBrokerOptions};
+/// use socketcluster_rs_server::{Server, ServerConfig};
 ///
 /// let broker = RedisBroker::connect(
 ///     &["redis://127.0.0.1:6379".to_owned()],
@@ -176,8 +176,8 @@ impl RedisBroker {
     /// re-established forever, with backoff.
     ///
     /// ```no_run
-    /// # async fn demo() -> Result<(), socketcluster_broker_redis::Error> {
-    /// use socketcluster_broker_redis::{RedisBroker, RedisBrokerOptions, Topology};
+    /// # async fn demo() -> Result<(), socketcluster_rs_broker_redis::Error> {
+    /// use socketcluster_rs_broker_redis::{RedisBroker, RedisBrokerOptions, Topology};
     ///
     /// // Two independent Redis servers; channels are spread by rendezvous hashing.
     /// let urls = vec!["redis://10.0.0.1:6379,redis://10.0.0.2:6379".to_owned()];
@@ -485,7 +485,7 @@ impl Broker for RedisBroker {
             rule.size.max(1).to_string().into_bytes(),
             millis(rule.ttl).into_bytes(),
             millis(history::meta_ttl(rule.ttl)).into_bytes(),
-            socketcluster_server::history::new_epoch_string().into_bytes(),
+            socketcluster_rs_server::history::new_epoch_string().into_bytes(),
             command.to_vec(),
             if has_data {
                 b"1".to_vec()
@@ -529,7 +529,7 @@ impl Broker for RedisBroker {
             format!("0-{}", since.unwrap_or(0).saturating_add(1)).into_bytes(),
             limit.to_string().into_bytes(),
             millis(rule.ttl).into_bytes(),
-            socketcluster_server::history::new_epoch_string().into_bytes(),
+            socketcluster_rs_server::history::new_epoch_string().into_bytes(),
             millis(history::meta_ttl(rule.ttl)).into_bytes(),
         ];
         let (done, answer) = oneshot::channel();

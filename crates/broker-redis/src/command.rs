@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use socketcluster_backplane::request::Done;
-use socketcluster_server::broker::BrokerError;
+use socketcluster_rs_backplane::request::Done;
+use socketcluster_rs_server::broker::BrokerError;
 use tokio::sync::oneshot;
 
 /// A publication waiting for the link.

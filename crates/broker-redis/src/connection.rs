@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use socketcluster_server::broker::BrokerError;
+use socketcluster_rs_server::broker::BrokerError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::command::{Control, HistoryPublish, HistoryRead, Outgoing, Publish};
@@ -20,7 +20,7 @@ use crate::history::scripts;
 use crate::link::{Connector, Link, ScriptCall, Signals, is_connection_error};
 use crate::options::RedisBrokerOptions;
 use crate::shared::{NodeStatus, Shared};
-use socketcluster_backplane::jitter;
+use socketcluster_rs_backplane::jitter;
 
 enum Exit {
     Shutdown,

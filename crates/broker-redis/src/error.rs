@@ -1,7 +1,7 @@
 //! Errors of [`crate::RedisBroker::connect`].
 //!
 //! Errors of broker operations (`publish`, `subscribe`) are the server's
-//! [`socketcluster_server::broker::BrokerError`]: the server turns them into the
+//! [`socketcluster_rs_server::broker::BrokerError`]: the server turns them into the
 //! SocketCluster `BrokerError` reply its client sees.
 
 /// Setting up a [`crate::RedisBroker`] failed.

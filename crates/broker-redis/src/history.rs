@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
-use socketcluster_server::Publication;
-use socketcluster_server::broker::BrokerError;
-use socketcluster_server::history::{HistoryRead, StreamPosition};
+use socketcluster_rs_server::Publication;
+use socketcluster_rs_server::broker::BrokerError;
+use socketcluster_rs_server::history::{HistoryRead, StreamPosition};
 
 /// Take the next offset, append, publish. KEYS: stream, meta. ARGV: the pub/sub channel,
 /// the envelope header, the data ("" when none), size, ttl ms, meta ttl ms, a new epoch
@@ -181,7 +181,7 @@ pub(crate) fn parse_read(channel: &str, v: &Value) -> Result<HistoryRead, Broker
             let data = if int(has) == Some(1) {
                 let text = bulk(data).ok_or_else(bad)?;
                 // Written by our own scripts from validated JSON; checked again anyway.
-                Some(socketcluster_server::RawValue::from_string(text).map_err(|_| bad())?)
+                Some(socketcluster_rs_server::RawValue::from_string(text).map_err(|_| bad())?)
             } else {
                 None
             };

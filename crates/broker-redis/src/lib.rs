@@ -6,8 +6,8 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use socketcluster_broker_redis::{RedisBroker, RedisBrokerOptions};
-//! use socketcluster_server::{Server, ServerConfig};
+//! use socketcluster_rs_broker_redis::{RedisBroker, RedisBrokerOptions};
+//! use socketcluster_rs_server::{Server, ServerConfig};
 //!
 //! let broker = RedisBroker::connect(
 //!     &["redis://127.0.0.1:6379".to_owned()],
@@ -45,8 +45,8 @@
 //! Each publication is written to Redis as a small binary envelope: the magic `SC`, a
 //! version byte, a flags byte, the publishing broker's 16-byte [`InstanceId`], the channel
 //! name, then the published JSON **bytes exactly as received** (never re-encoded). The
-//! layout is documented in `socketcluster_backplane::envelope` and shared with
-//! `socketcluster-broker-nats`.
+//! layout is documented in `socketcluster_rs_backplane::envelope` and shared with
+//! `socketcluster-rs-broker-nats`.
 //!
 //! The publishing instance **delivers to its own subscribers immediately**, inside
 //! `publish`, then queues the envelope; when the envelope comes back from Redis (the
@@ -71,7 +71,7 @@
 //!   [`RedisBroker::state_changes`], gauge `socketcluster_backplane_connections_up`);
 //! * keeps serving local traffic: local subscribers still receive local publications;
 //! * fails every publication routed to that node at once — the `publish` future returns a
-//!   [`BrokerError`](socketcluster_server::broker::BrokerError), which the server turns
+//!   [`BrokerError`](socketcluster_rs_server::broker::BrokerError), which the server turns
 //!   into an error reply to the publisher (never a silent success). Publications already
 //!   written when the connection died also fail, although Redis may have relayed them;
 //! * accepts subscribe/unsubscribe (they only update the set of wanted channels; one
@@ -109,7 +109,7 @@ mod shared;
 pub use broker::RedisBroker;
 pub use error::Error;
 pub use options::{RedisBrokerOptions, Topology};
-pub use socketcluster_backplane::{
+pub use socketcluster_rs_backplane::{
     BackplaneState, Health, InstanceId, LinkOptions, NodeHealth, StateChanges, Stats, metric_names,
 };
 

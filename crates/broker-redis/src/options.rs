@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use socketcluster_backplane::LinkOptions;
+use socketcluster_rs_backplane::LinkOptions;
 
 /// How the Redis URLs given to [`crate::RedisBroker::connect`] are used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub enum Topology {
 ///
 /// ```
 /// use std::time::Duration;
-/// use socketcluster_broker_redis::{RedisBrokerOptions, Topology};
+/// use socketcluster_rs_broker_redis::{RedisBrokerOptions, Topology};
 ///
 /// let options = RedisBrokerOptions::default()
 ///     .channel_prefix("myapp:sc:")

@@ -4,9 +4,9 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use socketcluster_server::broker::Delivery;
+use socketcluster_rs_server::broker::Delivery;
 
-use socketcluster_backplane::{
+use socketcluster_rs_backplane::{
     BackplaneState, Counters, InstanceId, LastError, StateSender, inbound,
 };
 

@@ -1,4 +1,4 @@
-//! Several `socketcluster_server::Server`s sharing channels through a real `redis-server`.
+//! Several `socketcluster_rs_server::Server`s sharing channels through a real `redis-server`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,10 +7,10 @@ use sc_test_support::backplane::{RedisServer, WAIT, redis_command};
 use sc_test_support::backplane_suite::{Probe, WsClient, scenarios, start_server, wait_state};
 use sc_test_support::free_port;
 use serde_json::json;
-use socketcluster_broker_redis::{
+use socketcluster_rs_broker_redis::{
     BackplaneState, Error, RedisBroker, RedisBrokerOptions, Topology,
 };
-use socketcluster_server::Server;
+use socketcluster_rs_server::Server;
 
 fn options() -> RedisBrokerOptions {
     RedisBrokerOptions::default()
@@ -239,8 +239,8 @@ async fn foreign_messages_on_the_channel_are_dropped_not_forwarded() {
 /// the order it was published, none lost or doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_history_publications_survive_a_script_flush_in_order() {
-    use socketcluster_server::broker::Broker;
-    use socketcluster_server::history::HistoryRule;
+    use socketcluster_rs_server::broker::Broker;
+    use socketcluster_rs_server::history::HistoryRule;
 
     let redis = RedisServer::start();
     let broker = RedisBroker::connect(&[redis.url()], options())

@@ -20,8 +20,8 @@
 use std::time::Duration;
 
 use clap::Parser;
-use socketcluster_server::auth::{AuthConfig, SignOptions};
-use socketcluster_server::{
+use socketcluster_rs_server::auth::{AuthConfig, SignOptions};
+use socketcluster_rs_server::{
     ErrorObject, HistoryConfig, HistoryRule, Limits, Request, Server, ServerConfig,
 };
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use futures_util::StreamExt;
 use serde_json::Value;
-use socketcluster_client::{
+use socketcluster_rs_client::{
     Client, ClientBuilder, ConnectError, Event, InvokeError, MemoryTokenStore, ProtocolVersion,
     ReauthReason, TokenRequest,
 };
@@ -250,14 +250,14 @@ pub(crate) struct SubscribeArgs {
 }
 
 /// `EPOCH:OFFSET`.
-fn parse_position(text: &str) -> Result<socketcluster_client::StreamPosition, CommandError> {
+fn parse_position(text: &str) -> Result<socketcluster_rs_client::StreamPosition, CommandError> {
     let bad = || CommandError::Data(format!("--from must be EPOCH:OFFSET, got {text:?}"));
     let (epoch, offset) = text.rsplit_once(':').ok_or_else(bad)?;
     if epoch.is_empty() {
         return Err(bad());
     }
     let offset = offset.parse().map_err(|_| bad())?;
-    Ok(socketcluster_client::StreamPosition::new(epoch, offset))
+    Ok(socketcluster_rs_client::StreamPosition::new(epoch, offset))
 }
 
 pub(crate) async fn subscribe(args: SubscribeArgs) -> Result<ExitCode, CommandError> {
@@ -275,7 +275,7 @@ pub(crate) async fn subscribe(args: SubscribeArgs) -> Result<ExitCode, CommandEr
     let mut streams = Vec::new();
     for ch in &args.channels {
         let mut opts =
-            socketcluster_client::SubscribeOptions::default().wait_for_auth(args.wait_for_auth);
+            socketcluster_rs_client::SubscribeOptions::default().wait_for_auth(args.wait_for_auth);
         if let Some(p) = &from {
             opts = opts.recover_from(p.clone());
         }
@@ -334,10 +334,10 @@ pub(crate) async fn subscribe(args: SubscribeArgs) -> Result<ExitCode, CommandEr
 fn report_event(ev: &Event, recoveries: bool) {
     match ev {
         Event::Recovery { channel, outcome } if recoveries => match outcome {
-            socketcluster_client::Recovery::Recovered { publications } => {
+            socketcluster_rs_client::Recovery::Recovered { publications } => {
                 eprintln!("recovered {channel}: {publications} missed publication(s) replayed");
             }
-            socketcluster_client::Recovery::NotRecovered { reason } => {
+            socketcluster_rs_client::Recovery::NotRecovered { reason } => {
                 eprintln!("not recovered {channel}: {reason}");
             }
             _ => {}

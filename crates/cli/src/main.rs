@@ -56,7 +56,7 @@ pub(crate) fn filter_for(level: &str) -> String {
         return level.to_owned();
     }
     format!(
-        "warn,socketcluster={level},socketcluster_server={level},socketcluster_client={level},socketcluster_protocol={level}"
+        "warn,socketcluster={level},socketcluster_rs_server={level},socketcluster_rs_client={level},socketcluster_rs_protocol={level}"
     )
 }
 

@@ -130,7 +130,7 @@ mod tests {
         let mut claims = Map::new();
         claims.insert("username".into(), "bob".into());
         let t = sign(claims, "testkey", "HS256", 100).unwrap();
-        let payload = socketcluster_protocol::auth::decode_token_payload(&t).unwrap();
+        let payload = socketcluster_rs_protocol::auth::decode_token_payload(&t).unwrap();
         let keys: Vec<&String> = payload.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["username", "iat", "exp"]);
         assert_eq!(
@@ -144,7 +144,7 @@ mod tests {
         let mut claims = Map::new();
         claims.insert("exp".into(), 4_000_000_000u64.into());
         let t = sign(claims, "k", "HS256", 100).unwrap();
-        let payload = socketcluster_protocol::auth::decode_token_payload(&t).unwrap();
+        let payload = socketcluster_rs_protocol::auth::decode_token_payload(&t).unwrap();
         assert_eq!(payload["exp"], 4_000_000_000u64);
     }
 }

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use socketcluster_server::{Request, Server, ServerConfig};
+use socketcluster_rs_server::{Request, Server, ServerConfig};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_socketcluster");
@@ -101,7 +101,7 @@ async fn bench_fanout_reports_deliveries_and_latency_as_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_recovery_reports_every_socket_recovered_and_the_retained_memory() {
-    use socketcluster_server::{HistoryConfig, HistoryRule};
+    use socketcluster_rs_server::{HistoryConfig, HistoryRule};
     let config = ServerConfig::default()
         .with_host("127.0.0.1")
         .with_port(0)

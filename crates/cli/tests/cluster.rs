@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use sc_test_support::backplane::{BackplaneServer, NatsServer, RedisServer};
 use sc_test_support::{JsClient, free_port};
 use serde_json::{Value, json};
-use socketcluster_client::Client;
+use socketcluster_rs_client::Client;
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
@@ -53,7 +53,7 @@ async fn rust_client(url: String) -> Client {
 }
 
 /// Collect `n` publications of a Rust subscription as (publisher, seq).
-async fn collect(mut sub: socketcluster_client::Subscription, n: usize) -> Vec<(String, u64)> {
+async fn collect(mut sub: socketcluster_rs_client::Subscription, n: usize) -> Vec<(String, u64)> {
     let mut got = Vec::new();
     while got.len() < n {
         let m = tokio::time::timeout(Duration::from_secs(30), sub.next())
@@ -296,7 +296,7 @@ async fn clients_of_a_killed_instance_move_to_another_and_resubscribe() {
         let mut ev = other.events();
         tokio::spawn(async move {
             while let Some(e) = ev.next().await {
-                if matches!(e, socketcluster_client::Event::Disconnect { .. }) {
+                if matches!(e, socketcluster_rs_client::Event::Disconnect { .. }) {
                     n.fetch_add(1, Ordering::SeqCst);
                 }
             }
@@ -375,7 +375,7 @@ async fn a_backplane_restart_is_reported_and_recovered_without_client_disconnect
         let mut ev = c.events();
         tokio::spawn(async move {
             while let Some(e) = ev.next().await {
-                if matches!(e, socketcluster_client::Event::Disconnect { .. }) {
+                if matches!(e, socketcluster_rs_client::Event::Disconnect { .. }) {
                     n.fetch_add(1, Ordering::SeqCst);
                 }
             }

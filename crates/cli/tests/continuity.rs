@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::{BIN, Serve};
 use sc_test_support::{JsServer, JsServerOptions, JsVersion, sign_hs256, unix_now};
 use serde_json::json;
-use socketcluster_client::{
+use socketcluster_rs_client::{
     ChannelState, Client, Event, MemoryTokenStore, ReconnectOptions, Subscription, TokenRequest,
 };
 use tokio::io::AsyncWriteExt;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use sc_test_support::{JsClient, free_port};
 use serde_json::{Value, json};
-use socketcluster_client::{Client, Event, MemoryTokenStore};
+use socketcluster_rs_client::{Client, Event, MemoryTokenStore};
 use tokio::process::Command;
 
 mod common;
@@ -234,8 +234,8 @@ async fn disconnect_and_deauthenticate_by_claim_hit_exactly_the_matching_sockets
     );
     let (_, v) = api(serve.port, "GET", "/api/stats", None).await;
     assert_eq!(v["sockets"], 2, "bob and the anonymous socket stay: {v}");
-    assert!(bob.state() == socketcluster_client::ConnectionState::Open);
-    assert!(anon.state() == socketcluster_client::ConnectionState::Open);
+    assert!(bob.state() == socketcluster_rs_client::ConnectionState::Open);
+    assert!(anon.state() == socketcluster_rs_client::ConnectionState::Open);
 
     // by socket id
     let id = anon.id().unwrap();

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use sc_test_support::{JsClient, TcpProxy};
 use serde_json::{Value, json};
-use socketcluster_client::{
+use socketcluster_rs_client::{
     Client, Event, Events, NotRecovered, Recovery, StreamPosition, SubscribeOptions, Subscription,
 };
-use socketcluster_server::auth::AuthConfig;
-use socketcluster_server::{HistoryConfig, HistoryRule, Server, ServerConfig};
+use socketcluster_rs_server::auth::AuthConfig;
+use socketcluster_rs_server::{HistoryConfig, HistoryRule, Server, ServerConfig};
 
 const WAIT: Duration = Duration::from_secs(20);
 const CHANNEL: &str = "chat/1";

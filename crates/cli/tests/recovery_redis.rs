@@ -11,10 +11,10 @@ use std::time::Duration;
 use sc_test_support::backplane::RedisServer;
 use sc_test_support::{JsClient, TcpProxy};
 use serde_json::json;
-use socketcluster_broker_redis::{BackplaneState, RedisBroker, RedisBrokerOptions};
-use socketcluster_client::{Client, Event, Events, NotRecovered, Recovery, Subscription};
-use socketcluster_server::auth::AuthConfig;
-use socketcluster_server::{HistoryConfig, HistoryRule, Server, ServerConfig};
+use socketcluster_rs_broker_redis::{BackplaneState, RedisBroker, RedisBrokerOptions};
+use socketcluster_rs_client::{Client, Event, Events, NotRecovered, Recovery, Subscription};
+use socketcluster_rs_server::auth::AuthConfig;
+use socketcluster_rs_server::{HistoryConfig, HistoryRule, Server, ServerConfig};
 
 const WAIT: Duration = Duration::from_secs(30);
 const CHANNEL: &str = "chat/1";
@@ -223,7 +223,10 @@ async fn an_instance_that_lost_its_redis_link_lets_its_clients_recover_the_gap()
     for n in 4..=24 {
         assert_eq!(next_n(&mut sub).await.0, n, "the gap, once, in order");
     }
-    assert_eq!(client.state(), socketcluster_client::ConnectionState::Open);
+    assert_eq!(
+        client.state(),
+        socketcluster_rs_client::ConnectionState::Open
+    );
     client.close().await;
 }
 

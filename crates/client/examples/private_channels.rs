@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use socketcluster_client::{Client, Event, FileTokenStore, SubscribeOptions, TokenRequest};
+use socketcluster_rs_client::{Client, Event, FileTokenStore, SubscribeOptions, TokenRequest};
 
 async fn fetch_token(
     url: String,

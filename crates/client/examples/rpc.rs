@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use socketcluster_client::{Client, InvokeErrorKind};
+use socketcluster_rs_client::{Client, InvokeErrorKind};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

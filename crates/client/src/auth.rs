@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use socketcluster_protocol::ErrorObject;
+use socketcluster_rs_protocol::ErrorObject;
 
 use crate::error::TokenStoreError;
 
@@ -115,7 +115,7 @@ impl TokenStore for MemoryTokenStore {
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use socketcluster_client::{Client, FileTokenStore};
+/// use socketcluster_rs_client::{Client, FileTokenStore};
 /// let client = Client::builder("ws://127.0.0.1:8000/socketcluster/")
 ///     .token_store(FileTokenStore::new("/var/lib/myapp/sc-token"))
 ///     .connect()
@@ -279,7 +279,7 @@ pub(crate) fn boxed_provider<P: TokenProvider>(p: P) -> BoxTokenProvider {
 
 /// The decoded (unverified) payload of a token, as the JS client computes `authToken`.
 pub fn decode_claims(signed: &str) -> Option<Value> {
-    socketcluster_protocol::auth::decode_token_payload(signed)
+    socketcluster_rs_protocol::auth::decode_token_payload(signed)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use socketcluster_protocol::{NotRecovered, StreamPosition};
+use socketcluster_rs_protocol::{NotRecovered, StreamPosition};
 use tokio::sync::watch;
 
 use crate::error::SubscribeError;

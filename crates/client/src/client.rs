@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use socketcluster_protocol::CloseCode;
+use socketcluster_rs_protocol::CloseCode;
 use tokio::sync::{oneshot, watch};
 
 use crate::auth::{AuthState, AuthStatus};
@@ -36,7 +36,7 @@ struct Inner {
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use socketcluster_client::Client;
+/// use socketcluster_rs_client::Client;
 /// use futures_util::StreamExt;
 ///
 /// let client = Client::connect("ws://127.0.0.1:8000/socketcluster/").await?;
@@ -93,8 +93,8 @@ impl Client {
     /// Connect with default options and wait for the first handshake.
     ///
     /// ```no_run
-    /// # async fn demo() -> Result<(), socketcluster_client::ConnectError> {
-    /// let client = socketcluster_client::Client::connect("ws://127.0.0.1:8000/socketcluster/").await?;
+    /// # async fn demo() -> Result<(), socketcluster_rs_client::ConnectError> {
+    /// let client = socketcluster_rs_client::Client::connect("ws://127.0.0.1:8000/socketcluster/").await?;
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: impl Into<String>) -> Result<Client, ConnectError> {
@@ -151,7 +151,7 @@ impl Client {
     /// A watch of the connection state.
     ///
     /// ```no_run
-    /// # async fn demo(client: socketcluster_client::Client) {
+    /// # async fn demo(client: socketcluster_rs_client::Client) {
     /// let mut state = client.state_watch();
     /// while let Some(s) = state.changed().await {
     ///     tracing::info!(state = s.as_str(), "connection state");
@@ -205,7 +205,7 @@ impl Client {
     /// A stream of events from now on.
     ///
     /// ```no_run
-    /// # async fn demo(client: socketcluster_client::Client) {
+    /// # async fn demo(client: socketcluster_rs_client::Client) {
     /// use futures_util::StreamExt;
     /// let mut events = client.events();
     /// while let Some(e) = events.next().await {
@@ -305,7 +305,7 @@ impl Client {
     /// `null`).
     ///
     /// ```no_run
-    /// # async fn demo(client: socketcluster_client::Client) -> Result<(), socketcluster_client::InvokeError> {
+    /// # async fn demo(client: socketcluster_rs_client::Client) -> Result<(), socketcluster_rs_client::InvokeError> {
     /// let echoed: Vec<u32> = client.invoke("echo", &[1, 2, 3]).await?;
     /// # Ok(()) }
     /// ```
@@ -373,7 +373,7 @@ impl Client {
     /// A stream of the server's invokes of `procedure`, to answer.
     ///
     /// ```no_run
-    /// # async fn demo(client: socketcluster_client::Client) {
+    /// # async fn demo(client: socketcluster_rs_client::Client) {
     /// use futures_util::StreamExt;
     /// let mut requests = client.procedure("clientProc");
     /// while let Some(req) = requests.next().await {
@@ -409,8 +409,8 @@ impl Client {
     /// Subscribe with options (`waitForAuth`, `data`, `priority`).
     ///
     /// ```no_run
-    /// # async fn demo(client: socketcluster_client::Client) -> Result<(), Box<dyn std::error::Error>> {
-    /// use socketcluster_client::SubscribeOptions;
+    /// # async fn demo(client: socketcluster_rs_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use socketcluster_rs_client::SubscribeOptions;
     /// let sub = client
     ///     .subscribe_with("private/feed", SubscribeOptions::new().wait_for_auth(true).priority(5))
     ///     .await?;
@@ -502,8 +502,8 @@ impl Client {
         data: Option<Box<RawValue>>,
     ) -> Result<(), InvokeError> {
         let channel = self.inner.options.wire_channel(channel);
-        let d = socketcluster_protocol::reserved::publish_data(&channel, data.as_deref());
-        self.invoke_raw(socketcluster_protocol::reserved::PUBLISH, Some(d), None)
+        let d = socketcluster_rs_protocol::reserved::publish_data(&channel, data.as_deref());
+        self.invoke_raw(socketcluster_rs_protocol::reserved::PUBLISH, Some(d), None)
             .await
             .map(|_| ())
     }
@@ -516,8 +516,8 @@ impl Client {
     ) -> Result<(), TransmitError> {
         let data = to_raw(data).map_err(TransmitError::Serialize)?;
         let channel = self.inner.options.wire_channel(channel);
-        let d = socketcluster_protocol::reserved::publish_data(&channel, Some(&data));
-        self.transmit_raw(socketcluster_protocol::reserved::PUBLISH, Some(d))
+        let d = socketcluster_rs_protocol::reserved::publish_data(&channel, Some(&data));
+        self.transmit_raw(socketcluster_rs_protocol::reserved::PUBLISH, Some(d))
     }
 
     // ------------------------------------------------------------ auth

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use socketcluster_protocol::{Cid, CloseCode, WireError};
+use socketcluster_rs_protocol::{Cid, CloseCode, WireError};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::auth::AuthStatus;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use socketcluster_protocol::{CloseCode, WireError};
+use socketcluster_rs_protocol::{CloseCode, WireError};
 
 /// Whether a connection was lost before or after its handshake completed (the JS
 /// `BadConnectionError.type`).

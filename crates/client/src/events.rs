@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_core::Stream;
 use serde_json::{Map, Value};
-use socketcluster_protocol::{CloseCode, ErrorObject, WireError};
+use socketcluster_rs_protocol::{CloseCode, ErrorObject, WireError};
 use tokio::sync::broadcast;
 
 use crate::auth::{AuthState, ReauthReason};

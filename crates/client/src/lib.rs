@@ -34,7 +34,7 @@ pub use events::{ConnectStatus, Event, Events, PendingSubscriptions};
 pub use options::{ClientBuilder, ClientOptions};
 pub use rpc::{Procedure, Receiver, Request, Transmitted};
 pub use session::ConnectionState;
-pub use socketcluster_protocol::{
+pub use socketcluster_rs_protocol::{
     CloseCode, ErrorName, ErrorObject, NotRecovered, ProtocolVersion, ReconnectOptions,
     StreamPosition, WireError,
 };

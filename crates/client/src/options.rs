@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socketcluster_protocol::{ProtocolVersion, ReconnectOptions};
+use socketcluster_rs_protocol::{ProtocolVersion, ReconnectOptions};
 
 use crate::auth::{BoxTokenProvider, MemoryTokenStore, TokenProvider, TokenStore};
 
@@ -196,7 +196,7 @@ impl ClientOptions {
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
-/// use socketcluster_client::Client;
+/// use socketcluster_rs_client::Client;
 ///
 /// let client = Client::builder("ws://127.0.0.1:8000/socketcluster/")
 ///     .ack_timeout(Duration::from_secs(5))
@@ -361,7 +361,7 @@ impl ClientBuilder {
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-    /// use socketcluster_client::{Client, TokenRequest};
+    /// use socketcluster_rs_client::{Client, TokenRequest};
     /// let client = Client::builder("ws://127.0.0.1:8000/socketcluster/")
     ///     .token_provider(|req: TokenRequest| async move {
     ///         tracing::info!(reason = ?req.reason, "fetching a fresh token");

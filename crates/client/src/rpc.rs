@@ -11,7 +11,7 @@ use futures_core::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use socketcluster_protocol::{Cid, WireError};
+use socketcluster_rs_protocol::{Cid, WireError};
 
 use crate::error::RespondError;
 

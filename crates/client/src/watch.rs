@@ -11,8 +11,8 @@ use tokio::sync::watch;
 /// which value it has seen; clones start from the same point.
 ///
 /// ```no_run
-/// # async fn demo(client: socketcluster_client::Client) {
-/// use socketcluster_client::ConnectionState;
+/// # async fn demo(client: socketcluster_rs_client::Client) {
+/// use socketcluster_rs_client::ConnectionState;
 /// let mut state = client.state_watch();
 /// // Wait until the connection is open (or the client is gone).
 /// let open = state.wait_for(|s| *s == ConnectionState::Open).await;

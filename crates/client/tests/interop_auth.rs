@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use sc_test_support::{JsClient, JsServer, JsServerOptions, sign_hs256, unix_now};
 use serde_json::{Value, json};
-use socketcluster_client::{
+use socketcluster_rs_client::{
     AuthState, ChannelState, Client, Event, Events, MemoryTokenStore, ReauthReason,
     SubscribeOptions, Subscription, TokenRequest,
 };

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use sc_test_support::JsVersion;
 use serde_json::{Value, json};
-use socketcluster_client::{ConnectionState, Event, InvokeErrorKind};
+use socketcluster_rs_client::{ConnectionState, Event, InvokeErrorKind};
 
 /// CL-4, SV-1, SV-27: handshake without a token; status id/pingTimeout match the server's.
 #[tokio::test]
@@ -116,7 +116,7 @@ async fn server_invokes_a_client_procedure_and_gets_the_answer() {
             while let Some(req) = procedure.recv().await {
                 let x: Value = req.deserialize().unwrap();
                 if x == json!("fail") {
-                    req.error(socketcluster_client::WireError::new(
+                    req.error(socketcluster_rs_client::WireError::new(
                         "ClientRefusedError",
                         "client refused",
                     ))
@@ -302,7 +302,7 @@ async fn ping_timeout_disabled_keeps_the_socket_open() {
 async fn handshake_rejection_4501_is_final() {
     let server = start(v20().with("handshakeMiddleware", "block4501")).await;
     let err = fast(&server.url()).connect().await.unwrap_err();
-    let socketcluster_client::ConnectError::Aborted { code, reason, .. } = err else {
+    let socketcluster_rs_client::ConnectError::Aborted { code, reason, .. } = err else {
         panic!("{err}")
     };
     assert_eq!(code.0, 4501);

@@ -9,7 +9,7 @@ use serde_json::Value;
 /// `.`-separated segment or it is not base64url; the decoded string when it is not JSON.
 ///
 /// ```
-/// use socketcluster_protocol::auth::decode_token_payload;
+/// use socketcluster_rs_protocol::auth::decode_token_payload;
 /// assert_eq!(decode_token_payload("abc"), None);
 /// assert_eq!(decode_token_payload("a.bm90anNvbg.c"), Some(serde_json::json!("notjson")));
 /// ```

@@ -43,7 +43,7 @@ pub enum BatchItem {
 /// Classify and decode one text frame received by `role` speaking `version`.
 ///
 /// ```
-/// use socketcluster_protocol::{codec, Frame, ProtocolVersion, Role};
+/// use socketcluster_rs_protocol::{codec, Frame, ProtocolVersion, Role};
 /// assert_eq!(codec::decode("", Role::Client, ProtocolVersion::V2), Frame::Heartbeat);
 /// assert_eq!(codec::decode("#1", Role::Client, ProtocolVersion::V1), Frame::Heartbeat);
 /// assert_eq!(codec::decode("#2", Role::Server, ProtocolVersion::V2), Frame::Raw);

@@ -1,5 +1,5 @@
 //! Sans-IO core of the SocketCluster protocol (versions 1 and 2), shared by the
-//! `socketcluster-client` and `socketcluster-server` crates.
+//! `socketcluster-rs-client` and `socketcluster-rs-server` crates.
 //!
 //! Nothing here touches a socket, a clock or a runtime: the crate turns WebSocket text
 //! frames into [`Frame`]s and packets back into the exact text the JavaScript
@@ -13,7 +13,7 @@
 //! # Example
 //!
 //! ```
-//! use socketcluster_protocol::{codec, Frame, Packet, ProtocolVersion, Role};
+//! use socketcluster_rs_protocol::{codec, Frame, Packet, ProtocolVersion, Role};
 //!
 //! // What the JS client sends first (docs/PROTOCOL.md 3.6.1):
 //! let text = r##"{"event":"#handshake","data":{"authToken":null},"cid":1}"##;

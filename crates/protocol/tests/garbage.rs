@@ -8,7 +8,7 @@ use std::alloc::System;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use socketcluster_protocol::{ProtocolVersion, Role, codec};
+use socketcluster_rs_protocol::{ProtocolVersion, Role, codec};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]

@@ -1,9 +1,9 @@
 //! Golden tests: every frame captured in docs/PROTOCOL.md section 11 decodes, and re-encodes
 //! to the identical text wherever the JS codec would have produced it.
 
-use socketcluster_protocol::codec::{self, encode_batch};
-use socketcluster_protocol::reserved::{self, HandshakeStatus};
-use socketcluster_protocol::{BatchItem, Frame, KeyOrder, Packet, ProtocolVersion, Role};
+use socketcluster_rs_protocol::codec::{self, encode_batch};
+use socketcluster_rs_protocol::reserved::{self, HandshakeStatus};
+use socketcluster_rs_protocol::{BatchItem, Frame, KeyOrder, Packet, ProtocolVersion, Role};
 
 struct Golden {
     section: String,
@@ -207,7 +207,7 @@ fn captured_publications_and_kickouts_parse() {
     assert_eq!(p.channel, "bin");
     let v: serde_json::Value = serde_json::from_str(p.data.unwrap().get()).unwrap();
     assert_eq!(
-        socketcluster_protocol::binary::from_value(&v["buf"]).unwrap(),
+        socketcluster_rs_protocol::binary::from_value(&v["buf"]).unwrap(),
         b"hello binary"
     );
     let Packet::Event(e) = decode_one(
@@ -223,8 +223,8 @@ fn captured_publications_and_kickouts_parse() {
 
 #[test]
 fn our_builders_write_the_captured_client_frames() {
-    use socketcluster_protocol::EventPacket;
-    use socketcluster_protocol::reserved::SubscribeRequest;
+    use socketcluster_rs_protocol::EventPacket;
+    use socketcluster_rs_protocol::reserved::SubscribeRequest;
     let hs = EventPacket::invoke("#handshake", Some(reserved::handshake_request(None)), 1);
     assert_eq!(
         hs.encode(KeyOrder::Client),

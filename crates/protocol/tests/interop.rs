@@ -12,9 +12,9 @@ use sc_test_support::{
     JsClient, JsClientRun, JsServer, JsServerOptions, JsVersion, sign_hs256, unix_now,
 };
 use serde_json::{Value, json};
-use socketcluster_protocol::codec::{self, BatchItem, Frame, KeyOrder};
-use socketcluster_protocol::reserved::{self, HandshakeStatus, SubscribeRequest};
-use socketcluster_protocol::{
+use socketcluster_rs_protocol::codec::{self, BatchItem, Frame, KeyOrder};
+use socketcluster_rs_protocol::reserved::{self, HandshakeStatus, SubscribeRequest};
+use socketcluster_rs_protocol::{
     Cid, ErrorName, EventPacket, Packet, ProtocolVersion, RawValue, ResponsePacket, Role,
 };
 use tokio::net::{TcpListener, TcpStream};

@@ -6,9 +6,9 @@
 use proptest::prelude::*;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use socketcluster_protocol::codec;
-use socketcluster_protocol::reserved::{self, PublishData};
-use socketcluster_protocol::{Frame, Packet};
+use socketcluster_rs_protocol::codec;
+use socketcluster_rs_protocol::reserved::{self, PublishData};
+use socketcluster_rs_protocol::{Frame, Packet};
 
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -97,7 +97,7 @@ proptest! {
         epoch in prop_oneof!["[a-zA-Z0-9]{8}", any::<String>()],
     ) {
         let raw = data.as_ref().map(|v| RawValue::from_string(v.to_string()).unwrap());
-        let text = socketcluster_protocol::history::publish_frame_at(&ch, raw.as_deref(), offset, &epoch);
+        let text = socketcluster_rs_protocol::history::publish_frame_at(&ch, raw.as_deref(), offset, &epoch);
         check_agrees(&text)?;
         let slow = general(&text).expect("the general path reads every positioned frame");
         prop_assert_eq!(slow.position.map(|p| (p.offset, p.epoch)), Some((offset, epoch.clone())));
@@ -124,7 +124,7 @@ proptest! {
         byte in prop_oneof![Just(b' '), Just(b'}'), Just(b'"'), Just(b','), Just(b'0'), any::<u8>()],
     ) {
         let raw = RawValue::from_string(data.to_string()).unwrap();
-        let text = socketcluster_protocol::history::publish_frame_at(&ch, Some(&raw), offset, "Ab3dE6gH");
+        let text = socketcluster_rs_protocol::history::publish_frame_at(&ch, Some(&raw), offset, "Ab3dE6gH");
         let mut bytes = text.into_bytes();
         let i = at.index(bytes.len() + 1);
         match edit {

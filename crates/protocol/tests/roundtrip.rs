@@ -4,12 +4,12 @@
 use proptest::prelude::*;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use socketcluster_protocol::codec::{self, encode_batch};
-use socketcluster_protocol::error::{ErrorObject, WireError};
-use socketcluster_protocol::reserved::{
+use socketcluster_rs_protocol::codec::{self, encode_batch};
+use socketcluster_rs_protocol::error::{ErrorObject, WireError};
+use socketcluster_rs_protocol::reserved::{
     self, AuthenticateResult, HandshakeStatus, SubscribeRequest,
 };
-use socketcluster_protocol::{
+use socketcluster_rs_protocol::{
     BatchItem, Cid, EventPacket, Frame, KeyOrder, Packet, ProtocolVersion, ResponsePacket, Role,
 };
 

@@ -6,10 +6,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use socketcluster_server::{Server, ServerConfig};
+//! use socketcluster_rs_server::{Server, ServerConfig};
 //! let server = Server::new(ServerConfig::default())?;
 //! let app = axum::Router::new()
-//!     .route("/socketcluster/", socketcluster_server::axum::route(server.clone()))
+//!     .route("/socketcluster/", socketcluster_rs_server::axum::route(server.clone()))
 //!     .route("/health", axum::routing::get(|| async { "ok" }));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
 //! axum::serve(

@@ -14,8 +14,8 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use socketcluster_server::broker::{Broker, BrokerFuture, Delivery};
-//! use socketcluster_server::Publication;
+//! use socketcluster_rs_server::broker::{Broker, BrokerFuture, Delivery};
+//! use socketcluster_rs_server::Publication;
 //!
 //! /// A broker that logs and forwards to the local subscribers.
 //! struct Logging { delivery: std::sync::OnceLock<Delivery> }
@@ -28,8 +28,8 @@
 //!         Box::pin(async { Ok(()) })
 //!     }
 //! }
-//! let config = socketcluster_server::ServerConfig::default();
-//! let server = socketcluster_server::Server::with_broker(
+//! let config = socketcluster_rs_server::ServerConfig::default();
+//! let server = socketcluster_rs_server::Server::with_broker(
 //!     config,
 //!     Arc::new(Logging { delivery: Default::default() }),
 //! ).unwrap();
@@ -41,7 +41,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use socketcluster_protocol::RawValue;
+use socketcluster_rs_protocol::RawValue;
 
 use crate::channel::Publication;
 pub use crate::error::BrokerError;

@@ -8,9 +8,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use socketcluster_protocol::RawValue;
-use socketcluster_protocol::history::publish_frame_at;
-use socketcluster_protocol::reserved::publish_frame;
+use socketcluster_rs_protocol::RawValue;
+use socketcluster_rs_protocol::history::publish_frame_at;
+use socketcluster_rs_protocol::reserved::publish_frame;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One published message: the channel, the data (raw JSON, never re-parsed by the
@@ -73,11 +73,11 @@ impl Publication {
         self.position.as_ref().map(|(_, e)| &**e)
     }
 
-    /// Both, as a [`StreamPosition`](socketcluster_protocol::StreamPosition).
-    pub fn position(&self) -> Option<socketcluster_protocol::StreamPosition> {
+    /// Both, as a [`StreamPosition`](socketcluster_rs_protocol::StreamPosition).
+    pub fn position(&self) -> Option<socketcluster_rs_protocol::StreamPosition> {
         self.position
             .as_ref()
-            .map(|(o, e)| socketcluster_protocol::StreamPosition::new(&**e, *o))
+            .map(|(o, e)| socketcluster_rs_protocol::StreamPosition::new(&**e, *o))
     }
 
     /// The channel name.

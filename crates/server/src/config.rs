@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socketcluster_protocol::ProtocolVersion;
+use socketcluster_rs_protocol::ProtocolVersion;
 
 use crate::auth::AuthConfig;
 use crate::history::HistoryConfig;
@@ -26,7 +26,7 @@ pub enum UnhandledProcedure {
 ///
 /// ```
 /// use std::time::Duration;
-/// use socketcluster_server::{ServerConfig, auth::AuthConfig};
+/// use socketcluster_rs_server::{ServerConfig, auth::AuthConfig};
 /// let config = ServerConfig::default()
 ///     .with_port(0)
 ///     .with_auth(AuthConfig::with_secret("testkey"))

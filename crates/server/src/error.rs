@@ -1,6 +1,6 @@
 //! Error types of the server API, one enum per operation family.
 
-use socketcluster_protocol::WireError;
+use socketcluster_rs_protocol::WireError;
 
 /// Invalid configuration (detected by [`crate::Server::new`]).
 #[derive(Debug, Clone, thiserror::Error)]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
-use socketcluster_protocol::ErrorObject;
+use socketcluster_rs_protocol::ErrorObject;
 use tokio::sync::broadcast;
 
 use crate::auth::Claims;

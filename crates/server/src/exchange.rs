@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use serde::Serialize;
-use socketcluster_protocol::RawValue;
+use socketcluster_rs_protocol::RawValue;
 use tokio::sync::mpsc;
 
 use crate::broker::BrokerError;
@@ -25,7 +25,7 @@ pub const EXCHANGE_SUBSCRIPTION_CAPACITY: usize = 1024;
 /// Publish to channels and subscribe to them from Rust code.
 ///
 /// ```no_run
-/// # async fn demo(server: socketcluster_server::Server) -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn demo(server: socketcluster_rs_server::Server) -> Result<(), Box<dyn std::error::Error>> {
 /// use futures_util::StreamExt;
 /// let exchange = server.exchange();
 /// let mut sub = exchange.subscribe("news").await?;
@@ -64,7 +64,7 @@ impl Exchange {
     /// publication took (`None` on other channels).
     ///
     /// ```no_run
-    /// # async fn demo(server: socketcluster_server::Server) -> Result<(), Box<dyn std::error::Error>> {
+    /// # async fn demo(server: socketcluster_rs_server::Server) -> Result<(), Box<dyn std::error::Error>> {
     /// let data = serde_json::value::to_raw_value(&"hello")?;
     /// if let Some(pos) = server.exchange().publish_raw_at("chat/1", Some(data)).await? {
     ///     println!("published at offset {} of epoch {}", pos.offset, pos.epoch);

@@ -41,4 +41,4 @@ pub use middleware::{Block, HandshakeRequest, InboundAction, InboundKind, Inboun
 pub use rpc::{ReceivedEvent, Request};
 pub use server::{ChannelInfo, Server, SocketInfo};
 pub use socket::{CloseInfo, Socket, SocketState};
-pub use socketcluster_protocol::{ErrorObject, ProtocolVersion, RawValue, WireError};
+pub use socketcluster_rs_protocol::{ErrorObject, ProtocolVersion, RawValue, WireError};

@@ -17,8 +17,8 @@
 //! Closures implement the traits:
 //!
 //! ```
-//! use socketcluster_server::middleware::{Block, InboundAction, InboundKind};
-//! # let server = socketcluster_server::Server::new(Default::default()).unwrap();
+//! use socketcluster_rs_server::middleware::{Block, InboundAction, InboundKind};
+//! # let server = socketcluster_rs_server::Server::new(Default::default()).unwrap();
 //! server.add_inbound_middleware(|action: InboundAction| async move {
 //!     if let InboundKind::Invoke { procedure } = action.kind() {
 //!         if procedure == "admin" && !action.socket().is_authenticated() {
@@ -36,7 +36,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use socketcluster_protocol::{ErrorObject, RawValue, WireError};
+use socketcluster_rs_protocol::{ErrorObject, RawValue, WireError};
 
 use crate::auth::Claims;
 pub use crate::request::HandshakeRequest;
@@ -83,11 +83,11 @@ impl Block {
     /// The error the client sees, for an action type and middleware type.
     pub(crate) fn into_wire(self, action: &str, middleware: &str) -> WireError {
         match self {
-            Block::Silent => WireError::Object(socketcluster_protocol::error::wire::silent_block(
-                action, middleware,
-            )),
+            Block::Silent => WireError::Object(
+                socketcluster_rs_protocol::error::wire::silent_block(action, middleware),
+            ),
             Block::Error(WireError::Object(o)) if o.get("silent") == Some(&Value::Bool(true)) => {
-                WireError::Object(socketcluster_protocol::error::wire::silent_block(
+                WireError::Object(socketcluster_rs_protocol::error::wire::silent_block(
                     action, middleware,
                 ))
             }
@@ -306,9 +306,9 @@ impl InboundRawAction {
 /// silently (no reply even for an invoke; the error is emitted as a warning).
 ///
 /// ```
-/// use socketcluster_server::middleware::InboundRawAction;
-/// use socketcluster_server::Block;
-/// # let server = socketcluster_server::Server::new(Default::default()).unwrap();
+/// use socketcluster_rs_server::middleware::InboundRawAction;
+/// use socketcluster_rs_server::Block;
+/// # let server = socketcluster_rs_server::Server::new(Default::default()).unwrap();
 /// server.add_inbound_raw_middleware(|action: InboundRawAction| async move {
 ///     if action.message().len() > 10_000 {
 ///         return Err(Block::Silent);

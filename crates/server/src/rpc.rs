@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use socketcluster_protocol::{ErrorObject, WireError};
+use socketcluster_rs_protocol::{ErrorObject, WireError};
 use tokio::sync::mpsc;
 
 use crate::socket::Socket;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use socketcluster_protocol::{ErrorObject, WireError};
+use socketcluster_rs_protocol::{ErrorObject, WireError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -34,22 +34,22 @@ use crate::state::ServerState;
 /// A SocketCluster server. Cheap to clone (an `Arc`).
 ///
 /// ```no_run
-/// use socketcluster_server::{Server, ServerConfig, auth::{AuthConfig, SignOptions}};
+/// use socketcluster_rs_server::{Server, ServerConfig, auth::{AuthConfig, SignOptions}};
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let config = ServerConfig::default()
 ///     .with_port(8000)
 ///     .with_auth(AuthConfig::with_secret("my secret"));
 /// let server = Server::new(config)?;
-/// server.procedure("echo", |req: socketcluster_server::Request| async move {
+/// server.procedure("echo", |req: socketcluster_rs_server::Request| async move {
 ///     let data: serde_json::Value = req.data().unwrap_or_default();
 ///     req.respond(&data);
 /// });
-/// server.procedure("login", |req: socketcluster_server::Request| async move {
+/// server.procedure("login", |req: socketcluster_rs_server::Request| async move {
 ///     let user: serde_json::Value = req.data().unwrap_or_default();
 ///     match req.socket().set_auth_token(&serde_json::json!({"username": user}), SignOptions::default()).await {
 ///         Ok(_) => req.end(),
-///         Err(e) => req.error(socketcluster_server::ErrorObject::new("LoginError", e.to_string())),
+///         Err(e) => req.error(socketcluster_rs_server::ErrorObject::new("LoginError", e.to_string())),
 ///     }
 /// });
 /// let addr = server.listen().await?;
@@ -119,7 +119,7 @@ impl Server {
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-    /// use socketcluster_server::{Server, ServerConfig};
+    /// use socketcluster_rs_server::{Server, ServerConfig};
     /// let server = Server::bind(ServerConfig::default().with_host("127.0.0.1").with_port(0)).await?;
     /// let url = format!("ws://{}/socketcluster/", server.local_addr().unwrap());
     /// # let _ = url; Ok(()) }
@@ -186,8 +186,8 @@ impl Server {
     /// Register the handler of a procedure (replaces any previous one).
     ///
     /// ```
-    /// # let server = socketcluster_server::Server::new(Default::default()).unwrap();
-    /// server.procedure("echo", |req: socketcluster_server::Request| async move {
+    /// # let server = socketcluster_rs_server::Server::new(Default::default()).unwrap();
+    /// server.procedure("echo", |req: socketcluster_rs_server::Request| async move {
     ///     let data: serde_json::Value = req.data().unwrap_or_default();
     ///     req.respond(&data);
     /// });
@@ -205,8 +205,8 @@ impl Server {
     /// answer `InvalidArgumentsError`), the result is the answer.
     ///
     /// ```
-    /// # let server = socketcluster_server::Server::new(Default::default()).unwrap();
-    /// use socketcluster_server::{Socket, WireError};
+    /// # let server = socketcluster_rs_server::Server::new(Default::default()).unwrap();
+    /// use socketcluster_rs_server::{Socket, WireError};
     /// server.typed_procedure("add", |_socket: Socket, (a, b): (i64, i64)| async move {
     ///     Ok::<_, WireError>(a + b)
     /// });

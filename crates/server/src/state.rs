@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use socketcluster_protocol::ErrorObject;
+use socketcluster_rs_protocol::ErrorObject;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 

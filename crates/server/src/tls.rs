@@ -2,7 +2,7 @@
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use socketcluster_server::{ServerConfig, tls};
+//! use socketcluster_rs_server::{ServerConfig, tls};
 //! let tls = tls::server_config_from_pem_files("cert.pem", "key.pem")?;
 //! let config = ServerConfig::default().with_tls(Some(tls));
 //! # let _ = config; Ok(()) }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use socketcluster_server::{ProtocolVersion, ServerEvent};
+use socketcluster_rs_server::{ProtocolVersion, ServerEvent};
 
 /// SV-27 / CL-4: reply fields in order `id`, `pingTimeout`, `isAuthenticated`; no
 /// `authError` without a token; the cid is echoed whatever its value.
@@ -50,8 +50,8 @@ async fn handshake_with_a_valid_token_authenticates() {
 #[tokio::test]
 async fn handshake_with_bad_tokens_reports_js_errors() {
     let server = start(config()).await;
-    let other = socketcluster_server::Server::new(config().with_auth(
-        socketcluster_server::auth::AuthConfig::with_secret("otherkey"),
+    let other = socketcluster_rs_server::Server::new(config().with_auth(
+        socketcluster_rs_server::auth::AuthConfig::with_secret("otherkey"),
     ))
     .unwrap();
     let wrong_key = sign(&other, json!({"username": "eve"}));

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use socketcluster_server::broker::{Broker, BrokerFuture, Delivery};
-use socketcluster_server::middleware::PublishOutAction;
-use socketcluster_server::{Block, HistoryConfig, HistoryRule, Publication, Server, ServerConfig};
+use socketcluster_rs_server::broker::{Broker, BrokerFuture, Delivery};
+use socketcluster_rs_server::middleware::PublishOutAction;
+use socketcluster_rs_server::{
+    Block, HistoryConfig, HistoryRule, Publication, Server, ServerConfig,
+};
 
 fn history_config(size: usize, max_recovery: usize) -> ServerConfig {
     config().with_history(

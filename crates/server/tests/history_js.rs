@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use sc_test_support::JsClient;
 use serde_json::{Value, json};
-use socketcluster_server::auth::AuthConfig;
-use socketcluster_server::{HistoryConfig, HistoryRule, ProtocolVersion, Server, ServerConfig};
+use socketcluster_rs_server::auth::AuthConfig;
+use socketcluster_rs_server::{HistoryConfig, HistoryRule, ProtocolVersion, Server, ServerConfig};
 
 const WAIT: Duration = Duration::from_secs(15);
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use sc_test_support::{JsClient, JsServer, JsServerOptions, free_port, run_js_client, sign_hs256};
 use serde_json::{Value, json};
-use socketcluster_server::auth::{AuthConfig, AuthKey, JwtAlgorithm, SignOptions};
-use socketcluster_server::middleware::HandshakeAction;
-use socketcluster_server::{
+use socketcluster_rs_server::auth::{AuthConfig, AuthKey, JwtAlgorithm, SignOptions};
+use socketcluster_rs_server::middleware::HandshakeAction;
+use socketcluster_rs_server::{
     Block, ErrorObject, InboundAction, InboundKind, ProtocolVersion, Request, Server, ServerConfig,
     ServerEvent,
 };
@@ -94,7 +94,7 @@ fn install_mirror(server: &Server) {
         let r = req.socket().invoke(&proc_name, &data["data"]).await;
         match r {
             Ok(v) => req.respond_raw(v),
-            Err(socketcluster_server::InvokeError::Remote(e)) => req.error(e),
+            Err(socketcluster_rs_server::InvokeError::Remote(e)) => req.error(e),
             Err(e) => req.error(ErrorObject::new(e.name(), e.to_string())),
         }
     });
@@ -785,7 +785,7 @@ async fn js_client_and_server_batch_on_handshake_sv54() {
     let server = mirror_server(config().with_batch_on_handshake(true)).await;
     let raw: Arc<Mutex<Vec<String>>> = Arc::default();
     let raw2 = raw.clone();
-    server.add_inbound_raw_middleware(move |a: socketcluster_server::InboundRawAction| {
+    server.add_inbound_raw_middleware(move |a: socketcluster_rs_server::InboundRawAction| {
         raw2.lock().unwrap().push(a.message().to_owned());
         async move { Ok(a) }
     });
@@ -957,7 +957,7 @@ async fn js_client_empty_binary_frame_before_handshake_sv26() {
 /// acknowledges it and the call succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_client_acknowledges_remove_auth_token_invoke() {
-    use socketcluster_server::auth::DeauthenticateOptions;
+    use socketcluster_rs_server::auth::DeauthenticateOptions;
     let server = mirror_server(config()).await;
     server.procedure("logoutConfirm", |req: Request| async move {
         let r = req

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::SinkExt;
 use serde_json::json;
-use socketcluster_server::{InboundAction, Limits, RateLimit};
+use socketcluster_rs_server::{InboundAction, Limits, RateLimit};
 use tokio_tungstenite::tungstenite::Message;
 
 /// 1.3 / 11.4: a message above `max_payload` closes with 1009.
@@ -262,7 +262,7 @@ async fn slow_or_huge_http_requests_are_cut_off() {
 /// TLS (`wss://`) with a rustls server configuration.
 #[tokio::test]
 async fn tls_listener_serves_wss() {
-    let tls = socketcluster_server::tls::server_config_from_pem(
+    let tls = socketcluster_rs_server::tls::server_config_from_pem(
         include_bytes!("keys/tls_cert.pem"),
         include_bytes!("keys/tls_key.pem"),
     )

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use serde_json::{Value, json};
-use socketcluster_server::Block;
-use socketcluster_server::middleware::HandshakeAction;
+use socketcluster_rs_server::Block;
+use socketcluster_rs_server::middleware::HandshakeAction;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Every formatted event, one `String` per line.
@@ -73,8 +73,8 @@ async fn lifecycle_is_logged_once_per_event_without_secrets() {
         }
     });
     let token = sign(&server, json!({"username": SECRET_CLAIM}));
-    let wrong_key = socketcluster_server::Server::new(config().with_auth(
-        socketcluster_server::auth::AuthConfig::with_secret("another key"),
+    let wrong_key = socketcluster_rs_server::Server::new(config().with_auth(
+        socketcluster_rs_server::auth::AuthConfig::with_secret("another key"),
     ))
     .unwrap()
     .sign_token(&json!({"username": SECRET_CLAIM}), &Default::default())

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use socketcluster_server::middleware::{HandshakeAction, HandshakeRequest, PublishOutAction};
-use socketcluster_server::{Block, InboundAction, InboundKind, ProtocolVersion};
+use socketcluster_rs_server::middleware::{HandshakeAction, HandshakeRequest, PublishOutAction};
+use socketcluster_rs_server::{Block, InboundAction, InboundKind, ProtocolVersion};
 
 /// 11.5: invoke blocked with a named error / silently / allowed with new data.
 #[tokio::test]
@@ -139,18 +139,21 @@ async fn inbound_transmit_block_and_receiver() {
     });
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let tx2 = tx.clone();
-    server.receiver("drop", move |e: socketcluster_server::ReceivedEvent| {
+    server.receiver("drop", move |e: socketcluster_rs_server::ReceivedEvent| {
         let tx = tx2.clone();
         async move {
             let _ = tx.send(format!("drop {}", e.raw_data().unwrap().get()));
         }
     });
-    server.receiver("myEvent", move |e: socketcluster_server::ReceivedEvent| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(format!("{} {}", e.event(), e.raw_data().unwrap().get()));
-        }
-    });
+    server.receiver(
+        "myEvent",
+        move |e: socketcluster_rs_server::ReceivedEvent| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(format!("{} {}", e.event(), e.raw_data().unwrap().get()));
+            }
+        },
+    );
     let mut c = open(&server).await;
     c.send(r#"{"event":"drop","data":1}"#).await;
     c.send(r#"{"event":"myEvent","data":"transmitted"}"#).await;
@@ -424,7 +427,7 @@ async fn http_level_refusals() {
 /// replace it (the replacement is decoded instead).
 #[tokio::test]
 async fn inbound_raw_sees_every_message_and_can_drop_or_replace_it() {
-    use socketcluster_server::InboundRawAction;
+    use socketcluster_rs_server::InboundRawAction;
     let server = start(config()).await;
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen2 = seen.clone();

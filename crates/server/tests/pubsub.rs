@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
-use socketcluster_server::broker::{Broker, BrokerError, BrokerFuture, Delivery};
-use socketcluster_server::{Limits, Publication, Server, ServerEvent};
+use socketcluster_rs_server::broker::{Broker, BrokerError, BrokerFuture, Delivery};
+use socketcluster_rs_server::{Limits, Publication, Server, ServerEvent};
 
 /// docs/PROTOCOL.md 11.1: subscribe, publish (transmit and invoke), unsubscribe, errors.
 #[tokio::test]
@@ -475,7 +475,7 @@ async fn mounted_on_axum() {
     let server = Server::new(config()).unwrap();
     install_procedures(&server);
     let app = axum::Router::new()
-        .route("/sc/", socketcluster_server::axum::route(server.clone()))
+        .route("/sc/", socketcluster_rs_server::axum::route(server.clone()))
         .route("/health", axum::routing::get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

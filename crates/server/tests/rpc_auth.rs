@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use socketcluster_server::{InvokeError, ServerEvent, UnhandledProcedure};
+use socketcluster_rs_server::{InvokeError, ServerEvent, UnhandledProcedure};
 
 /// docs/PROTOCOL.md 11.1: echo, no data, named error, plain error, no handler, batches.
 #[tokio::test]
@@ -110,8 +110,8 @@ async fn typed_procedures_and_unhandled_procedure_errors() {
     let server = start(config().with_unhandled_procedure(UnhandledProcedure::Error)).await;
     server.typed_procedure(
         "add",
-        |_s: socketcluster_server::Socket, (a, b): (i64, i64)| async move {
-            Ok::<_, socketcluster_server::WireError>(a + b)
+        |_s: socketcluster_rs_server::Socket, (a, b): (i64, i64)| async move {
+            Ok::<_, socketcluster_rs_server::WireError>(a + b)
         },
     );
     let mut c = open(&server).await;
@@ -327,11 +327,11 @@ async fn set_auth_token_requires_an_open_socket_and_an_object() {
         socket
             .set_auth_token(&json!({"a": 1}), Default::default())
             .await,
-        Err(socketcluster_server::AuthTokenError::NotOpen)
+        Err(socketcluster_rs_server::AuthTokenError::NotOpen)
     ));
     assert!(matches!(
         socket.set_auth_token(&json!([1]), Default::default()).await,
-        Err(socketcluster_server::AuthTokenError::NotAnObject)
+        Err(socketcluster_rs_server::AuthTokenError::NotAnObject)
     ));
 }
 
@@ -343,7 +343,7 @@ async fn expired_token_is_removed_at_the_next_packet_without_timer() {
     let server = start(config().with_token_expiry_timer(false)).await;
     let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
     let seen2 = seen.clone();
-    server.add_inbound_middleware(move |a: socketcluster_server::InboundAction| {
+    server.add_inbound_middleware(move |a: socketcluster_rs_server::InboundAction| {
         let seen = seen2.clone();
         async move {
             if let Some(e) = a.auth_token_expired_error() {
@@ -404,7 +404,7 @@ async fn rotating_the_key_invalidates_old_tokens() {
     let server = start(config()).await;
     let token = sign(&server, json!({"username": "bob"}));
     server
-        .set_auth(&socketcluster_server::auth::AuthConfig::with_secret(
+        .set_auth(&socketcluster_rs_server::auth::AuthConfig::with_secret(
             "newkey",
         ))
         .unwrap();
@@ -419,7 +419,7 @@ async fn rotating_the_key_invalidates_old_tokens() {
 /// and resolves once the client acknowledges.
 #[tokio::test]
 async fn deauthenticate_with_reject_on_failed_delivery() {
-    use socketcluster_server::auth::DeauthenticateOptions;
+    use socketcluster_rs_server::auth::DeauthenticateOptions;
     let confirm = DeauthenticateOptions::default().reject_on_failed_delivery(true);
     let server = start(config()).await;
     let mut events = server.events();
@@ -480,13 +480,19 @@ async fn deauthenticate_with_reject_on_failed_delivery() {
 #[tokio::test]
 async fn waiting_and_panicking_handlers_do_not_hold_up_the_socket() {
     let server = start(config()).await;
-    server.procedure("boom", |_req: socketcluster_server::Request| async move {
-        panic!("handler bug (expected by this test)");
-    });
-    server.procedure("later", |req: socketcluster_server::Request| async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        req.respond(&"late");
-    });
+    server.procedure(
+        "boom",
+        |_req: socketcluster_rs_server::Request| async move {
+            panic!("handler bug (expected by this test)");
+        },
+    );
+    server.procedure(
+        "later",
+        |req: socketcluster_rs_server::Request| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            req.respond(&"late");
+        },
+    );
     let mut c = open(&server).await;
     c.send(r#"{"event":"boom","cid":2}"#).await;
     c.send(r#"{"event":"later","cid":3}"#).await;
@@ -622,7 +628,7 @@ async fn message_and_raw_streams_see_what_the_socket_receives() {
     assert_eq!(server.stats().raw_messages, 1);
 }
 
-async fn next(s: &mut socketcluster_server::rpc::MessageStream) -> Option<String> {
+async fn next(s: &mut socketcluster_rs_server::rpc::MessageStream) -> Option<String> {
     use futures_util::StreamExt;
     tokio::time::timeout(WAIT, s.next()).await.unwrap()
 }

@@ -1,10 +1,10 @@
 //! The harness and scenarios shared by the integration tests of
-//! `socketcluster-broker-redis` and `socketcluster-broker-nats` (feature `backplane-suite`,
+//! `socketcluster-rs-broker-redis` and `socketcluster-rs-broker-nats` (feature `backplane-suite`,
 //! enabled only by their dev-dependencies). The backplane server processes themselves
 //! (`RedisServer`, `NatsServer`) are in [`crate::backplane`].
 //!
-//! The feature makes this crate depend on `socketcluster-server` and
-//! `socketcluster-backplane`. The server dev-depends on this crate; Cargo accepts that
+//! The feature makes this crate depend on `socketcluster-rs-server` and
+//! `socketcluster-rs-backplane`. The server dev-depends on this crate; Cargo accepts that
 //! cycle because it goes through a dev-dependency, and nothing here is used by the server's
 //! own unit tests (which would see two copies of the server crate).
 //!
@@ -17,8 +17,8 @@
 
 use std::sync::Arc;
 
-use socketcluster_backplane::{BackplaneState, Health, StateChanges, Stats};
-use socketcluster_server::{Server, ServerConfig};
+use socketcluster_rs_backplane::{BackplaneState, Health, StateChanges, Stats};
+use socketcluster_rs_server::{Server, ServerConfig};
 
 use crate::backplane::WAIT;
 
@@ -41,7 +41,7 @@ pub struct Probe<B> {
 }
 
 /// A server bound on 127.0.0.1, port 0, with the given broker.
-pub async fn start_server(broker: Arc<dyn socketcluster_server::broker::Broker>) -> Server {
+pub async fn start_server(broker: Arc<dyn socketcluster_rs_server::broker::Broker>) -> Server {
     let config = ServerConfig::default().with_host("127.0.0.1").with_port(0);
     let server = Server::with_broker(config, broker).expect("server");
     server.listen().await.expect("listen");

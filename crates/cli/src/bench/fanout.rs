@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use futures_util::{FutureExt, StreamExt};
 use serde_json::value::RawValue;
-use socketcluster_client::{Client, ClientBuilder, Subscription};
+use socketcluster_rs_client::{Client, ClientBuilder, Subscription};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 

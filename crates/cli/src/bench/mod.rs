@@ -32,7 +32,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
-use socketcluster_client::{
+use socketcluster_rs_client::{
     Client, ClientBuilder, ClientOptions, ConnectError, InvokeError, MemoryTokenStore,
     SubscribeError,
 };

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::Args;
 use futures_util::StreamExt;
-use socketcluster_client::{Client, ConnectionState, Event, Recovery, Subscription};
+use socketcluster_rs_client::{Client, ConnectionState, Event, Recovery, Subscription};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use serde_json::value::RawValue;
-use socketcluster_client::{Client, ClientBuilder, InvokeError};
+use socketcluster_rs_client::{Client, ClientBuilder, InvokeError};
 use tokio::time::Instant;
 
 use super::process::Usage;

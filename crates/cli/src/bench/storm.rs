@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 use futures_util::StreamExt;
-use socketcluster_client::{ChannelState, ClientBuilder, MemoryTokenStore, Subscription};
+use socketcluster_rs_client::{ChannelState, ClientBuilder, MemoryTokenStore, Subscription};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 

@@ -23,7 +23,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
-use socketcluster_server::{RawValue, Server, Socket};
+use socketcluster_rs_server::{RawValue, Server, Socket};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -642,7 +642,7 @@ mod tests {
 
     fn operator() -> Operator {
         Operator {
-            server: Server::new(socketcluster_server::ServerConfig::default()).unwrap(),
+            server: Server::new(socketcluster_rs_server::ServerConfig::default()).unwrap(),
             ws_path: "/socketcluster/".into(),
             api_key: None,
             metrics: None,

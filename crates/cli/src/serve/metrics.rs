@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use socketcluster_server::Server;
+use socketcluster_rs_server::Server;
 
 /// Install the global recorder. Returns `None` (metrics disabled, with a warning) if a
 /// recorder is already installed.
@@ -21,7 +21,7 @@ pub(crate) fn install() -> Option<PrometheusHandle> {
                 }
             });
             describe();
-            socketcluster_server::metrics::describe();
+            socketcluster_rs_server::metrics::describe();
             Some(handle)
         }
         Err(e) => {

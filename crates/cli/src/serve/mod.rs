@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socketcluster_server::Limits;
-use socketcluster_server::auth::{AuthConfig, AuthKey, JwtAlgorithm};
-use socketcluster_server::{HistoryConfig, HistoryRule, ProtocolVersion, Server, ServerConfig};
+use socketcluster_rs_server::Limits;
+use socketcluster_rs_server::auth::{AuthConfig, AuthKey, JwtAlgorithm};
+use socketcluster_rs_server::{HistoryConfig, HistoryRule, ProtocolVersion, Server, ServerConfig};
 
 use settings::{Broker, InvalidSetting, LogFormat, ServeArgs, Settings};
 
@@ -58,7 +58,7 @@ pub(crate) fn server_config(s: &Settings) -> Result<ServerConfig, InvalidSetting
     auth.default_expiry = s.auth_default_expiry;
     let tls = match (&s.tls_cert, &s.tls_key) {
         (Some(cert), Some(key)) => Some(
-            socketcluster_server::tls::server_config_from_pem_files(cert, key)
+            socketcluster_rs_server::tls::server_config_from_pem_files(cert, key)
                 .map_err(|e| bad("tls-cert", e.to_string()))?,
         ),
         _ => None,
@@ -90,7 +90,7 @@ pub(crate) fn server_config(s: &Settings) -> Result<ServerConfig, InvalidSetting
         .with_history(history_config(s));
     // Validate the auth settings now (keys parse, algorithm fits the key) so that a bad
     // key is a configuration error, not a start-up crash.
-    socketcluster_server::auth::AuthEngine::new(&config.auth).map_err(|e| {
+    socketcluster_rs_server::auth::AuthEngine::new(&config.auth).map_err(|e| {
         bad(
             if s.auth_key_file.is_some() {
                 "auth-key-file"
@@ -167,7 +167,7 @@ async fn connect_backplane(
     broker: &Broker,
 ) -> Result<
     Option<(
-        Arc<dyn socketcluster_server::broker::Broker>,
+        Arc<dyn socketcluster_rs_server::broker::Broker>,
         http::HealthProbe,
     )>,
     String,
@@ -175,9 +175,9 @@ async fn connect_backplane(
     match broker {
         Broker::Local => Ok(None),
         Broker::Redis(urls) => {
-            let b = socketcluster_broker_redis::RedisBroker::connect(
+            let b = socketcluster_rs_broker_redis::RedisBroker::connect(
                 urls,
-                socketcluster_broker_redis::RedisBrokerOptions::default(),
+                socketcluster_rs_broker_redis::RedisBrokerOptions::default(),
             )
             .await
             .map_err(|e| format!("cannot connect the Redis backplane: {e}"))?;
@@ -197,9 +197,9 @@ async fn connect_backplane(
             Ok(Some((Arc::new(b), health)))
         }
         Broker::Nats(url) => {
-            let b = socketcluster_broker_nats::NatsBroker::connect(
+            let b = socketcluster_rs_broker_nats::NatsBroker::connect(
                 url,
-                socketcluster_broker_nats::NatsBrokerOptions::default(),
+                socketcluster_rs_broker_nats::NatsBrokerOptions::default(),
             )
             .await
             .map_err(|e| format!("cannot connect the NATS backplane: {e}"))?;
@@ -236,7 +236,10 @@ async fn renew_tokens(server: Server, every: Duration, stop: tokio_util::sync::C
             claims.shift_remove("iat");
             claims.shift_remove("exp");
             match socket
-                .set_auth_token(&claims, socketcluster_server::auth::SignOptions::default())
+                .set_auth_token(
+                    &claims,
+                    socketcluster_rs_server::auth::SignOptions::default(),
+                )
                 .await
             {
                 Ok(_) => renewed += 1,

@@ -3,9 +3,9 @@
 //! `#authenticate`, and the token store's results. Re-authentication through the token
 //! provider is in `reauth.rs`.
 
-use socketcluster_protocol::error::wire;
-use socketcluster_protocol::reserved::{self as ev, AuthenticateResult};
-use socketcluster_protocol::{Cid, ResponsePacket, WireError};
+use socketcluster_rs_protocol::error::wire;
+use socketcluster_rs_protocol::reserved::{self as ev, AuthenticateResult};
+use socketcluster_rs_protocol::{Cid, ResponsePacket, WireError};
 use tokio::time::Instant;
 
 use super::outbound::QueuedKind;

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use socketcluster_protocol::reserved as ev;
-use socketcluster_protocol::{EventPacket, KeyOrder, ResponsePacket, WireError};
+use socketcluster_rs_protocol::reserved as ev;
+use socketcluster_rs_protocol::{EventPacket, KeyOrder, ResponsePacket, WireError};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 

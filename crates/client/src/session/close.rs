@@ -1,8 +1,8 @@
 //! Ending connections: `disconnect`, the close sequence (docs/PROTOCOL.md 6.4, 7.1, 8.1),
 //! the reconnect decision (docs/PROTOCOL.md 4.3, 8.4) and `close` (the end of the client).
 
-use socketcluster_protocol::reserved as ev;
-use socketcluster_protocol::{CloseCode, ErrorObject, ProtocolVersion, WireError};
+use socketcluster_rs_protocol::reserved as ev;
+use socketcluster_rs_protocol::{CloseCode, ErrorObject, ProtocolVersion, WireError};
 use tokio::time::Instant;
 
 use super::pending::Pending;

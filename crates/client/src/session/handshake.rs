@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use socketcluster_protocol::reserved::{self as ev, HandshakeStatus};
-use socketcluster_protocol::{CloseCode, ErrorObject, EventPacket, KeyOrder, ResponsePacket};
+use socketcluster_rs_protocol::reserved::{self as ev, HandshakeStatus};
+use socketcluster_rs_protocol::{CloseCode, ErrorObject, EventPacket, KeyOrder, ResponsePacket};
 use tokio::time::Instant;
 
 use super::pending::Pending;

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use socketcluster_protocol::codec;
-use socketcluster_protocol::reserved as ev;
-use socketcluster_protocol::{
+use socketcluster_rs_protocol::codec;
+use socketcluster_rs_protocol::reserved as ev;
+use socketcluster_rs_protocol::{
     BatchItem, EventPacket, Frame, Packet, ProtocolVersion, ResponsePacket, Role,
 };
 use tokio::time::Instant;

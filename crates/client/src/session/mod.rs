@@ -53,7 +53,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use socketcluster_protocol::{Backoff, CidAllocator, ErrorObject, WireError};
+use socketcluster_rs_protocol::{Backoff, CidAllocator, ErrorObject, WireError};
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
 

@@ -5,8 +5,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use socketcluster_protocol::codec::encode_batch;
-use socketcluster_protocol::{Cid, EventPacket, KeyOrder, ResponsePacket, WireError};
+use socketcluster_rs_protocol::codec::encode_batch;
+use socketcluster_rs_protocol::{Cid, EventPacket, KeyOrder, ResponsePacket, WireError};
 use tokio::time::Instant;
 
 use super::pending::Pending;

@@ -15,8 +15,8 @@
 //! pending ([`super::channels`]), and schedules the next attempt after a backoff delay
 //! (`reauth_retry`), announcing it with `reauthenticationFailed { error, retry_in }`.
 
-use socketcluster_protocol::reserved as ev;
-use socketcluster_protocol::{EventPacket, KeyOrder};
+use socketcluster_rs_protocol::reserved as ev;
+use socketcluster_rs_protocol::{EventPacket, KeyOrder};
 use tokio::time::Instant;
 
 use super::pending::Pending;

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use socketcluster_protocol::{NotRecovered, ResponsePacket, StreamPosition, SubscribeReply};
+use socketcluster_rs_protocol::{NotRecovered, ResponsePacket, StreamPosition, SubscribeReply};
 
 use super::Session;
 use crate::channel::Recovery;

@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
 
 use super::*;
-use socketcluster_protocol::{CloseCode, NotRecovered, StreamPosition};
+use socketcluster_rs_protocol::{CloseCode, NotRecovered, StreamPosition};
 
 use crate::auth::ReauthReason;
 use crate::channel::{ChannelState, ChannelStatus, Message, SubscribeOptions};

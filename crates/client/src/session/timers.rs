@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use socketcluster_protocol::CloseCode;
-use socketcluster_protocol::reserved as ev;
+use socketcluster_rs_protocol::CloseCode;
+use socketcluster_rs_protocol::reserved as ev;
 use tokio::time::Instant;
 
 use super::pending::Pending;

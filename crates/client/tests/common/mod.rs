@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sc_test_support::{JsServer, JsServerOptions, JsVersion};
-use socketcluster_client::{Client, ClientBuilder, Event, Events, ProtocolVersion};
+use socketcluster_rs_client::{Client, ClientBuilder, Event, Events, ProtocolVersion};
 
 /// Generous deadline for anything the tests wait for.
 pub(crate) const WAIT: Duration = Duration::from_secs(20);

@@ -9,8 +9,8 @@ use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use serde_json::{Map, Value};
-use socketcluster_protocol::ErrorObject;
-use socketcluster_protocol::reserved::TokenField;
+use socketcluster_rs_protocol::ErrorObject;
+use socketcluster_rs_protocol::reserved::TokenField;
 
 use crate::error::{ConfigError, SignError};
 
@@ -35,7 +35,7 @@ pub struct VerifiedToken {
 /// The JWT engine: signs and verifies tokens like the JS server.
 ///
 /// ```
-/// use socketcluster_server::auth::{AuthConfig, AuthEngine, SignOptions};
+/// use socketcluster_rs_server::auth::{AuthConfig, AuthEngine, SignOptions};
 /// let engine = AuthEngine::new(&AuthConfig::with_secret("testkey")).unwrap();
 /// let claims = serde_json::json!({"username": "bob"});
 /// let token = engine.sign(claims.as_object().unwrap().clone(), &SignOptions::default()).unwrap();

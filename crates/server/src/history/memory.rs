@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use socketcluster_protocol::RawValue;
+use socketcluster_rs_protocol::RawValue;
 use tokio::time::Instant;
 
 use super::{HistoryRead, HistoryRule, StreamPosition, new_epoch};

@@ -12,14 +12,14 @@
 //! (`memory.rs`), in Redis for the Redis backplane. This module holds the configuration
 //! and the two pure decisions every broker shares: whether a read recovers a position
 //! ([`recover`]) and how the publications that arrived while it was read join it
-//! ([`merge`]).
+//! (`merge`, crate-private).
 
 mod memory;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use socketcluster_protocol::history::{NotRecovered, StreamPosition};
+pub use socketcluster_rs_protocol::history::{NotRecovered, StreamPosition};
 
 use crate::channel::Publication;
 use crate::glob::glob_match;
@@ -30,7 +30,7 @@ pub(crate) use memory::MemoryHistory;
 ///
 /// ```
 /// use std::time::Duration;
-/// use socketcluster_server::history::{HistoryConfig, HistoryRule};
+/// use socketcluster_rs_server::history::{HistoryConfig, HistoryRule};
 /// let history = HistoryConfig::default()
 ///     .with_rule(HistoryRule::new("chat/*").with_size(200).with_ttl(Duration::from_secs(600)));
 /// assert_eq!(history.rule_for("chat/42").map(|r| r.size), Some(200));

@@ -14,7 +14,7 @@ fn raw(n: u64) -> Option<Box<RawValue>> {
     Some(RawValue::from_string(n.to_string()).unwrap())
 }
 
-use socketcluster_protocol::RawValue;
+use socketcluster_rs_protocol::RawValue;
 
 fn offsets(ps: &[Arc<Publication>]) -> Vec<u64> {
     ps.iter().filter_map(|p| p.offset()).collect()

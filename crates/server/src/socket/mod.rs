@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use socketcluster_protocol::RawValue;
+use socketcluster_rs_protocol::RawValue;
 use tokio::sync::oneshot;
 
 use crate::auth::{Claims, DeauthenticateOptions, SignOptions};
@@ -57,8 +57,8 @@ pub struct CloseInfo {
 /// call from any task (they send commands to the socket's own task).
 ///
 /// ```no_run
-/// # async fn demo(socket: socketcluster_server::Socket) -> Result<(), Box<dyn std::error::Error>> {
-/// use socketcluster_server::auth::SignOptions;
+/// # async fn demo(socket: socketcluster_rs_server::Socket) -> Result<(), Box<dyn std::error::Error>> {
+/// use socketcluster_rs_server::auth::SignOptions;
 /// socket.transmit("news", &"hello")?;
 /// let answer = socket.invoke("clientProc", &serde_json::json!({"x": 1})).await?;
 /// socket.set_auth_token(&serde_json::json!({"username": "bob"}), SignOptions::default()).await?;
@@ -261,7 +261,7 @@ impl Socket {
                 Ok(Ok(Err(e))) => Some(e.to_string()),
                 Ok(Err(_)) => Some(
                     InvokeError::BadConnection(
-                        socketcluster_protocol::reserved::SET_AUTH_TOKEN.into(),
+                        socketcluster_rs_protocol::reserved::SET_AUTH_TOKEN.into(),
                     )
                     .to_string(),
                 ),
@@ -290,8 +290,8 @@ impl Socket {
     /// [`crate::ServerEvent::Warning`]. Without it, this never fails.
     ///
     /// ```no_run
-    /// # async fn demo(socket: socketcluster_server::Socket) {
-    /// use socketcluster_server::auth::DeauthenticateOptions;
+    /// # async fn demo(socket: socketcluster_rs_server::Socket) {
+    /// use socketcluster_rs_server::auth::DeauthenticateOptions;
     /// let confirmed = socket
     ///     .deauthenticate_with(DeauthenticateOptions::default().reject_on_failed_delivery(true))
     ///     .await;
@@ -301,7 +301,7 @@ impl Socket {
         &self,
         options: DeauthenticateOptions,
     ) -> Result<(), InvokeError> {
-        const EVENT: &str = socketcluster_protocol::reserved::REMOVE_AUTH_TOKEN;
+        const EVENT: &str = socketcluster_rs_protocol::reserved::REMOVE_AUTH_TOKEN;
         let (tx, rx) = oneshot::channel();
         let (ack_tx, ack_rx) = if options.reject_on_failed_delivery {
             let (t, r) = oneshot::channel();
@@ -335,7 +335,7 @@ impl Socket {
         {
             server.warning(
                 self,
-                socketcluster_protocol::ErrorObject::new(e.name(), e.to_string()),
+                socketcluster_rs_protocol::ErrorObject::new(e.name(), e.to_string()),
             );
         }
         result

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Waker};
 
-use socketcluster_protocol::RawValue;
+use socketcluster_rs_protocol::RawValue;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -282,7 +282,7 @@ impl Outbox {
             return;
         }
         let reserved: usize = items.iter().map(|t| t.len() + FRAME_OVERHEAD).sum();
-        let frame = socketcluster_protocol::codec::encode_batch(&items);
+        let frame = socketcluster_rs_protocol::codec::encode_batch(&items);
         // Trade the items' reservations for the frame's (never refused: the content
         // was already admitted).
         let cost = frame.len() + FRAME_OVERHEAD;

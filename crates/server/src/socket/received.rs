@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use socketcluster_protocol::{Cid, ErrorObject, RawValue, ResponsePacket, WireError};
+use socketcluster_rs_protocol::{Cid, ErrorObject, RawValue, ResponsePacket, WireError};
 
 use super::Socket;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE;
 use serde_json::Value;
-use socketcluster_protocol::{ErrorObject, RawValue};
+use socketcluster_rs_protocol::{ErrorObject, RawValue};
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 

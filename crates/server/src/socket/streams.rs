@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
-use socketcluster_protocol::RawValue;
+use socketcluster_rs_protocol::RawValue;
 use tokio::sync::mpsc;
 
 use super::Socket;
@@ -136,7 +136,7 @@ impl Socket {
     ///
     /// ```no_run
     /// # use futures_util::StreamExt;
-    /// # async fn demo(socket: socketcluster_server::Socket) {
+    /// # async fn demo(socket: socketcluster_rs_server::Socket) {
     /// let mut requests = socket.procedure("whoami");
     /// while let Some(req) = requests.next().await {
     ///     let id = req.socket().id().to_owned();

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use socketcluster_protocol::reserved::{self, AuthenticateResult, parse_authenticate_token};
-use socketcluster_protocol::{Cid, ErrorObject, RawValue, WireError};
+use socketcluster_rs_protocol::reserved::{self, AuthenticateResult, parse_authenticate_token};
+use socketcluster_rs_protocol::{Cid, ErrorObject, RawValue, WireError};
 use tokio::time::Instant;
 
 use crate::auth::{Claims, is_bad_token, now_ms};

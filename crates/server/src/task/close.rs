@@ -1,7 +1,7 @@
 //! Closing: with a close frame (and the close handshake), without one, and the end of
 //! the socket task (state, events, pending invokes, subscriptions).
 
-use socketcluster_protocol::CloseCode;
+use socketcluster_rs_protocol::CloseCode;
 
 use crate::error::InvokeError;
 use crate::events::ServerEvent;

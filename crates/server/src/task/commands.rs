@@ -2,9 +2,9 @@
 //! transmit, invoke (server -> client RPC), set/remove the auth token, batching, kick
 //! out, disconnect.
 
-use socketcluster_protocol::codec::KeyOrder;
-use socketcluster_protocol::reserved;
-use socketcluster_protocol::{CloseCode, ErrorObject, EventPacket, RawValue};
+use socketcluster_rs_protocol::codec::KeyOrder;
+use socketcluster_rs_protocol::reserved;
+use socketcluster_rs_protocol::{CloseCode, ErrorObject, EventPacket, RawValue};
 
 use crate::error::{AuthTokenError, InvokeError, KickOutError};
 use crate::socket::{Cmd, SocketState};

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use socketcluster_protocol::reserved::{HandshakeStatus, parse_handshake_token};
-use socketcluster_protocol::{
+use socketcluster_rs_protocol::reserved::{HandshakeStatus, parse_handshake_token};
+use socketcluster_rs_protocol::{
     Cid, ErrorObject, ProtocolVersion, RawValue, ResponsePacket, WireError,
 };
 use tokio_tungstenite::tungstenite::Utf8Bytes;

@@ -7,8 +7,8 @@
 //! so nothing published meanwhile is missed; `history::merge` drops what the read
 //! already holds.
 
-use socketcluster_protocol::history::SubscribeReply;
-use socketcluster_protocol::{Cid, ResponsePacket};
+use socketcluster_rs_protocol::history::SubscribeReply;
+use socketcluster_rs_protocol::{Cid, ResponsePacket};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::broker::BrokerError;

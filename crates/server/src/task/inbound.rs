@@ -7,9 +7,9 @@
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use socketcluster_protocol::codec::{self, BatchItem, Frame};
-use socketcluster_protocol::reserved;
-use socketcluster_protocol::{EventPacket, Packet};
+use socketcluster_rs_protocol::codec::{self, BatchItem, Frame};
+use socketcluster_rs_protocol::reserved;
+use socketcluster_rs_protocol::{EventPacket, Packet};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::InvokeError;

@@ -43,8 +43,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use socketcluster_protocol::codec::BatchItem;
-use socketcluster_protocol::{CidAllocator, ProtocolVersion, RawValue};
+use socketcluster_rs_protocol::codec::BatchItem;
+use socketcluster_rs_protocol::{CidAllocator, ProtocolVersion, RawValue};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Interval, Sleep};
 

@@ -5,8 +5,10 @@
 use std::sync::atomic::Ordering;
 
 use serde_json::Value;
-use socketcluster_protocol::codec::KeyOrder;
-use socketcluster_protocol::{Cid, ErrorObject, EventPacket, RawValue, ResponsePacket, WireError};
+use socketcluster_rs_protocol::codec::KeyOrder;
+use socketcluster_rs_protocol::{
+    Cid, ErrorObject, EventPacket, RawValue, ResponsePacket, WireError,
+};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 

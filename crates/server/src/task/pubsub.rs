@@ -4,13 +4,15 @@
 
 use std::sync::atomic::Ordering;
 
-use socketcluster_protocol::error::wire;
+use socketcluster_rs_protocol::error::wire;
 use std::future::Future;
 
 use futures_util::FutureExt;
-use socketcluster_protocol::history;
-use socketcluster_protocol::reserved::{self, SubscribeRequest, parse_publish, parse_unsubscribe};
-use socketcluster_protocol::{Cid, ErrorObject, RawValue, ResponsePacket, WireError};
+use socketcluster_rs_protocol::history;
+use socketcluster_rs_protocol::reserved::{
+    self, SubscribeRequest, parse_publish, parse_unsubscribe,
+};
+use socketcluster_rs_protocol::{Cid, ErrorObject, RawValue, ResponsePacket, WireError};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 

@@ -3,7 +3,7 @@
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll, Waker};
 
-use socketcluster_protocol::{Cid, ErrorObject, RawValue, WireError};
+use socketcluster_rs_protocol::{Cid, ErrorObject, RawValue, WireError};
 use tokio::sync::mpsc;
 
 use crate::config::UnhandledProcedure;

@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
-use socketcluster_protocol::{Cid, ErrorObject, RawValue, WireError};
+use socketcluster_rs_protocol::{Cid, ErrorObject, RawValue, WireError};
 
 use crate::auth::{Claims, VerifyOutcome};
 use crate::broker::{BrokerError, BrokerFuture};

@@ -157,7 +157,7 @@ pub(super) fn parse_close(payload: &[u8]) -> Result<Option<(u16, String)>, WsErr
         [_] => Err(WsError::Protocol("close frame with a 1-byte payload")),
         [a, b, reason @ ..] => {
             let code = u16::from_be_bytes([*a, *b]);
-            if !socketcluster_protocol::CloseCode(code).is_sendable() {
+            if !socketcluster_rs_protocol::CloseCode(code).is_sendable() {
                 return Err(WsError::Protocol("invalid close code"));
             }
             let reason = std::str::from_utf8(reason).map_err(|_| WsError::Utf8)?;

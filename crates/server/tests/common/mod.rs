@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use socketcluster_server::auth::AuthConfig;
-use socketcluster_server::{Request, Server, ServerConfig};
+use socketcluster_rs_server::auth::AuthConfig;
+use socketcluster_rs_server::{Request, Server, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -40,12 +40,12 @@ pub fn install_procedures(server: &Server) {
     server.procedure("noreply", |req: Request| async move { req.end() });
     server.procedure("fail", |req: Request| async move {
         req.error(
-            socketcluster_server::ErrorObject::new("CustomFailError", "Something failed")
+            socketcluster_rs_server::ErrorObject::new("CustomFailError", "Something failed")
                 .with("extra", 42),
         )
     });
     server.procedure("failPlain", |req: Request| async move {
-        let mut e = socketcluster_server::ErrorObject::new("Error", "plain error");
+        let mut e = socketcluster_rs_server::ErrorObject::new("Error", "plain error");
         e.name_on_wire = false;
         req.error(e)
     });
@@ -58,7 +58,7 @@ pub fn install_procedures(server: &Server) {
             .await
         {
             Ok(_) => req.respond(&"ok"),
-            Err(e) => req.error(socketcluster_server::ErrorObject::new(
+            Err(e) => req.error(socketcluster_rs_server::ErrorObject::new(
                 "FailedLoginError",
                 e.to_string(),
             )),
@@ -83,10 +83,10 @@ pub fn install_procedures(server: &Server) {
 
 /// Extension used by the echo procedure.
 pub trait TakeRaw {
-    fn take_raw_data_owned(&self) -> Option<Box<socketcluster_server::RawValue>>;
+    fn take_raw_data_owned(&self) -> Option<Box<socketcluster_rs_server::RawValue>>;
 }
 impl TakeRaw for Request {
-    fn take_raw_data_owned(&self) -> Option<Box<socketcluster_server::RawValue>> {
+    fn take_raw_data_owned(&self) -> Option<Box<socketcluster_rs_server::RawValue>> {
         self.raw_data().map(|r| r.to_owned())
     }
 }

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
-use socketcluster_backplane::BackplaneState;
-use socketcluster_server::Server;
+use socketcluster_rs_backplane::BackplaneState;
+use socketcluster_rs_server::Server;
 
 use super::{Probe, WsClient, wait_state};
 use crate::backplane::{BackplaneServer, WAIT};
