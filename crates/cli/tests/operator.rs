@@ -232,7 +232,15 @@ async fn disconnect_and_deauthenticate_by_claim_hit_exactly_the_matching_sockets
         code.0, 4500,
         "permanent code: the JS client does not reconnect"
     );
-    let (_, v) = api(serve.port, "GET", "/api/stats", None).await;
+    // alice's two sockets close independently: wait until the server counted both gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (_, v) = api(serve.port, "GET", "/api/stats", None).await;
+        if v["sockets"] != 3 && v["sockets"] != 4 || tokio::time::Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(v["sockets"], 2, "bob and the anonymous socket stay: {v}");
     assert!(bob.state() == socketcluster_rs_client::ConnectionState::Open);
     assert!(anon.state() == socketcluster_rs_client::ConnectionState::Open);
