@@ -17,7 +17,7 @@
 //! # drop(url);
 //! ```
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,13 +62,31 @@ pub trait BackplaneServer {
 /// A fresh scratch directory, removed on drop.
 struct ScratchDir(PathBuf);
 
+/// Start something on a fresh free port, again on another one when the process exits at
+/// start (another process took the port between `free_port` and the bind).
+fn on_fresh_port<T>(start: impl Fn(u16) -> Result<T, String>) -> T {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match start(free_port()) {
+            Ok(t) => return t,
+            Err(e) => last = e,
+        }
+    }
+    panic!("{last} (three ports tried)")
+}
+
+/// A number no other call in this process returns.
+fn unique() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
 impl ScratchDir {
     fn new(tag: &str) -> ScratchDir {
-        static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "sc-broker-test-{tag}-{}-{}",
             std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
+            unique()
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create scratch dir");
@@ -103,15 +121,22 @@ struct Process {
 }
 
 impl Process {
-    /// Spawn `cmd` (stdout/stderr discarded) and poll `ready` until it holds: panics when
-    /// the process exits first or [`WAIT`] passes.
-    fn spawn(name: &'static str, mut cmd: Command, port: u16, ready: fn(u16) -> bool) -> Process {
+    /// Spawn `cmd` (stdout/stderr discarded) and poll `ready(port, pid)` until it holds.
+    /// `Err` when the process exits first; panics when [`WAIT`] passes. `ready` must
+    /// recognise this very process (by pid or a unique name), not just any server on the
+    /// port: a parallel test may hold the port (this process then lost the bind).
+    fn try_spawn(
+        name: &'static str,
+        mut cmd: Command,
+        port: u16,
+        ready: &dyn Fn(u16, u32) -> bool,
+    ) -> Result<Process, String> {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let deadline = Instant::now() + WAIT;
-        while !ready(port) {
+        while !ready(port, child.id()) {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("{name} exited at start: {status}");
+                return Err(format!("{name} on {port} exited at start: {status}"));
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
@@ -120,10 +145,10 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Process {
+        Ok(Process {
             name,
             child: Some(child),
-        }
+        })
     }
 
     fn kill(&mut self) {
@@ -161,7 +186,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Start a standalone server on a free port.
     pub fn start() -> RedisServer {
-        Self::start_with(free_port(), false)
+        on_fresh_port(|port| Self::try_start_with(port, false))
     }
 
     /// Start a standalone server on `port` (e.g. the port of a server dropped before).
@@ -171,7 +196,7 @@ impl RedisServer {
 
     /// Start a single-node Redis Cluster owning every slot.
     pub fn start_cluster() -> RedisServer {
-        let s = Self::start_with(free_port(), true);
+        let s = on_fresh_port(|port| Self::try_start_with(port, true));
         let reply = redis_command(s.port, "CLUSTER ADDSLOTSRANGE 0 16383").expect("ADDSLOTSRANGE");
         assert!(reply.starts_with("+OK"), "CLUSTER ADDSLOTSRANGE: {reply}");
         let deadline = Instant::now() + WAIT;
@@ -187,14 +212,18 @@ impl RedisServer {
     }
 
     fn start_with(port: u16, cluster: bool) -> RedisServer {
+        Self::try_start_with(port, cluster).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_with(port: u16, cluster: bool) -> Result<RedisServer, String> {
         let mut s = RedisServer {
             port,
             process: None,
             cluster,
             dir: ScratchDir::new("redis"),
         };
-        s.spawn();
-        s
+        s.try_spawn()?;
+        Ok(s)
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -203,6 +232,10 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        self.try_spawn().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(find_binary("redis-server"));
         cmd.arg("--port")
             .arg(self.port.to_string())
@@ -214,8 +247,12 @@ impl RedisServer {
             cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
                 .arg(self.dir.path().join("nodes.conf"));
         }
-        let pong = |port| redis_command(port, "PING").is_ok_and(|r| r.starts_with("+PONG"));
-        self.process = Some(Process::spawn("redis-server", cmd, self.port, pong));
+        let ours = |port, pid: u32| {
+            redis_command(port, "INFO server")
+                .is_ok_and(|r| r.contains(&format!("process_id:{pid}\r\n")))
+        };
+        self.process = Some(Process::try_spawn("redis-server", cmd, self.port, &ours)?);
+        Ok(())
     }
 
     /// Kill the process (SIGKILL) and wait for it.
@@ -255,17 +292,21 @@ pub struct NatsServer {
 impl NatsServer {
     /// Start a server on a free port.
     pub fn start() -> NatsServer {
-        Self::start_on(free_port())
+        on_fresh_port(Self::try_start_on)
     }
 
     /// Start a server on `port`.
     pub fn start_on(port: u16) -> NatsServer {
+        Self::try_start_on(port).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_on(port: u16) -> Result<NatsServer, String> {
         let mut s = NatsServer {
             port,
             process: None,
         };
-        s.spawn();
-        s
+        s.try_spawn()?;
+        Ok(s)
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -274,18 +315,25 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
+        self.try_spawn().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(find_binary("nats-server"));
-        cmd.args(["-a", "127.0.0.1", "-p"])
+        // A name only this process has, to recognise it in the INFO line.
+        let name = format!("sc-test-{}-{}", std::process::id(), unique());
+        cmd.args(["-a", "127.0.0.1", "-n", &name, "-p"])
             .arg(self.port.to_string());
-        // Ready when a client connection gets the server's INFO line.
-        let info = |port| {
-            TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
+        let needle = format!("\"server_name\":\"{name}\"");
+        let ours = |port, _pid| {
+            TcpStream::connect(("127.0.0.1", port)).is_ok_and(|s| {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = [0u8; 4];
-                s.read_exact(&mut buf).is_ok() && &buf == b"INFO"
+                let mut line = String::new();
+                std::io::BufReader::new(s).read_line(&mut line).is_ok() && line.contains(&needle)
             })
         };
-        self.process = Some(Process::spawn("nats-server", cmd, self.port, info));
+        self.process = Some(Process::try_spawn("nats-server", cmd, self.port, &ours)?);
+        Ok(())
     }
 
     /// Kill the process (SIGKILL) and wait for it.
