@@ -22,6 +22,8 @@
 //! The harness and scenarios shared by the brokers' integration tests are in the
 //! unpublished `sc-test-support` crate (`backplane_suite`, feature `backplane-suite`).
 #![forbid(unsafe_code)]
+#![deny(rustdoc::broken_intra_doc_links)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
 pub mod envelope;

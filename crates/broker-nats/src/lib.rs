@@ -76,6 +76,8 @@
 //! Through the `metrics` facade (see [`metric_names`], label `backend="nats"`): the same
 //! metrics as `socketcluster-rs-broker-redis`. Also readable with [`NatsBroker::stats`].
 #![forbid(unsafe_code)]
+#![deny(rustdoc::broken_intra_doc_links)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod broker;
 mod command;

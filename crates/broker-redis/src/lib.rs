@@ -95,6 +95,8 @@
 //! of subscribed channels and connections up. The same counters are readable with
 //! [`RedisBroker::stats`].
 #![forbid(unsafe_code)]
+#![deny(rustdoc::broken_intra_doc_links)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod broker;
 mod command;

@@ -6,6 +6,7 @@
 
 mod bench;
 mod client_cmds;
+mod completions;
 mod data;
 mod history_cmd;
 mod serve;
@@ -16,10 +17,18 @@ use std::process::ExitCode;
 use clap::{ArgAction, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// `socketcluster --version`: the crate version and the git commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("SOCKETCLUSTER_BUILD_COMMIT"),
+    ")"
+);
+
 /// SocketCluster server and client tools.
 #[derive(Debug, Parser)]
-#[command(name = "socketcluster", version, about, long_about = None)]
-struct Cli {
+#[command(name = "socketcluster", version = VERSION, about, long_about = None)]
+pub(crate) struct Cli {
     /// More logging on stderr (-v info, -vv debug, -vvv trace). `RUST_LOG` also works.
     #[arg(short, long, action = ArgAction::Count, global = true)]
     verbose: u8,
@@ -48,6 +57,10 @@ enum Command {
     Token(token::TokenArgs),
     /// Load generator: RPC, fan-out, channels, idle sockets, reconnect storms.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print a man page (roff), or write every page into a directory with `--out`.
+    Man(completions::ManArgs),
 }
 
 /// `level` for our crates; dependencies stay at `warn` unless `RUST_LOG` says otherwise.
@@ -84,6 +97,11 @@ fn init_logging(verbose: u8, quiet: u8, json: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Completions(args) => return report(completions::completions(args)),
+        Command::Man(args) => return report(completions::man(args)),
+        _ => {}
+    }
     if let Command::Token(args) = &cli.command {
         init_logging(cli.verbose, cli.quiet, false);
         return report(token::run(args));
@@ -125,7 +143,9 @@ fn main() -> ExitCode {
                 init_logging(cli.verbose, cli.quiet, false);
                 report(bench::run(args).await)
             }
-            Command::Token(_) => unreachable!("handled above"),
+            Command::Token(_) | Command::Completions(_) | Command::Man(_) => {
+                unreachable!("handled above")
+            }
         }
     })
 }

@@ -25,6 +25,8 @@
 //! assert_eq!(ev.encode(codec::KeyOrder::Client), text);
 //! ```
 #![forbid(unsafe_code)]
+#![deny(rustdoc::broken_intra_doc_links)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
 pub mod backoff;
