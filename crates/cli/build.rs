@@ -33,7 +33,11 @@ fn from_vcs_info(dir: &Path) -> Option<String> {
 
 fn from_git(dir: &Path) -> Option<String> {
     let git = |args: &[&str]| -> Option<String> {
-        let out = Command::new("git").current_dir(dir).args(args).output().ok()?;
+        let out = Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .ok()?;
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())

@@ -6,7 +6,10 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_socketcluster");
 
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN).args(args).output().expect("run socketcluster");
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run socketcluster");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -33,7 +36,10 @@ fn version_names_the_crate_version_and_the_commit_built_from() {
         .expect("git");
     let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
     assert_eq!(commit.len(), 12, "{commit}");
-    assert!(head.starts_with(commit), "built from {commit}, HEAD is {head}");
+    assert!(
+        head.starts_with(commit),
+        "built from {commit}, HEAD is {head}"
+    );
 }
 
 #[test]
@@ -56,7 +62,11 @@ fn bash_completion_completes_subcommands_and_serve_flags() {
             ))
             .output()
             .expect("bash");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let subcommands = complete("socketcluster s", 1);
@@ -77,7 +87,15 @@ fn zsh_and_fish_completions_cover_every_subcommand() {
     for shell in ["zsh", "fish"] {
         let (ok, script, err) = run(&["completions", shell]);
         assert!(ok, "{shell}: {err}");
-        for sub in ["serve", "invoke", "publish", "subscribe", "history", "token", "man"] {
+        for sub in [
+            "serve",
+            "invoke",
+            "publish",
+            "subscribe",
+            "history",
+            "token",
+            "man",
+        ] {
             assert!(help.contains(sub), "{sub} is a subcommand");
             assert!(script.contains(sub), "{shell} completion lacks {sub}");
         }
@@ -97,12 +115,22 @@ fn man_pages_are_written_for_every_subcommand_and_render() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     pages.sort();
-    for page in ["socketcluster.1", "socketcluster-serve.1", "socketcluster-subscribe.1"] {
+    for page in [
+        "socketcluster.1",
+        "socketcluster-serve.1",
+        "socketcluster-subscribe.1",
+    ] {
         assert!(pages.iter().any(|p| p == page), "{page} in {pages:?}");
     }
     let serve = std::fs::read_to_string(dir.join("socketcluster-serve.1")).unwrap();
-    assert!(serve.starts_with(".ie") || serve.contains(".TH socketcluster-serve 1"), "{serve}");
-    assert!(serve.contains(r"\-\-history\-size"), "serve's flags are documented");
+    assert!(
+        serve.starts_with(".ie") || serve.contains(".TH socketcluster-serve 1"),
+        "{serve}"
+    );
+    assert!(
+        serve.contains(r"\-\-history\-size"),
+        "serve's flags are documented"
+    );
     // The same page on stdout.
     let (ok, stdout, _) = run(&["man", "serve"]);
     assert!(ok);
@@ -116,7 +144,10 @@ fn man_pages_are_written_for_every_subcommand_and_render() {
         .output()
     {
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("socketcluster-serve - Run a standalone SocketCluster server"), "{text}");
+        assert!(
+            text.contains("socketcluster-serve - Run a standalone SocketCluster server"),
+            "{text}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
