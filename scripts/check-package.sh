@@ -11,10 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-# Builds share one target directory, so a second run is quick.
-export CARGO_TARGET_DIR="$repo/target/check-package"
-# The packaged crates are built in the dev profile: line tables are enough.
-export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+# The workspace's target directory, and the workspace's debug setting for dependencies, so
+# the dependencies `cargo test --workspace` built are reused (a packaged crate is its own
+# workspace and does not see our [profile] section).
+export CARGO_TARGET_DIR="$(realpath -m "${CARGO_TARGET_DIR:-$repo/target}")"
+export CARGO_PROFILE_DEV_DEBUG=false
 
 step() { printf '\n== %s\n' "$*"; }
 

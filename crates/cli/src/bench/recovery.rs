@@ -1,8 +1,8 @@
 //! `bench recovery`: channel history (docs/PROTOCOL.md 14.16). N sockets subscribed to
 //! a channel with history disconnect; M publications are made; every socket reconnects
 //! at once and recovers them. How long until every socket has recovered, and how many
-//! CPU seconds the server spent on it. Then: server memory per retained publication
-//! (publications kept in the history of many channels).
+//! CPU seconds the server spent on it. Before that, on the fresh server: server memory per
+//! retained publication (publications kept in the history of many channels).
 //!
 //! The server must keep history for the channels (`bench_server --history 'bench/*'`, or
 //! `socketcluster serve --history 'bench/*'`) with a size and recovery limit of at least
@@ -101,6 +101,13 @@ pub(crate) async fn run(ctx: &Ctx, args: RecoveryArgs) -> Result<Report, BenchEr
     report.param("missed", args.missed);
     report.param("channel", channel.as_str());
 
+    // Memory first, on a server that has not yet held (and freed) the recovery phase's
+    // sockets: freed memory would be reused by the histories and hide their cost.
+    let publisher = ctx.connect().await?;
+    if args.memory_channels > 0 && args.memory_per_channel > 0 {
+        memory_phase(ctx, &args, &publisher, &mut report).await?;
+    }
+
     let progress = Arc::new(Progress::default());
     let channel_ref = channel.as_str();
     let subscribed = ctx
@@ -120,7 +127,6 @@ pub(crate) async fn run(ctx: &Ctx, args: RecoveryArgs) -> Result<Report, BenchEr
         )));
         clients.push(client);
     }
-    let publisher = ctx.connect().await?;
 
     // Every socket goes away (code 1000: no automatic reconnect)...
     for c in &clients {
@@ -186,10 +192,6 @@ pub(crate) async fn run(ctx: &Ctx, args: RecoveryArgs) -> Result<Report, BenchEr
         .await;
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
-    }
-
-    if args.memory_channels > 0 && args.memory_per_channel > 0 {
-        memory_phase(ctx, &args, &publisher, &mut report).await?;
     }
     publisher.close().await;
     Ok(report)
