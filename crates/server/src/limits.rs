@@ -24,6 +24,7 @@ pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 /// | `inbound_rate` | none | messages per second from one client; above it the server stops reading that socket until the budget refills (TCP backpressure), nothing is dropped |
 /// | `max_inbound_queue` | 64 frames | frames read but not yet processed (while middleware of an earlier message is pending); above it the server stops reading that socket |
 /// | `max_http_header_bytes` | 16 KiB | an upgrade request with bigger headers gets HTTP 431 |
+/// | `max_batch_items` | 4096 | a batch (one JSON array message) with more elements closes the socket with 1009 `Batch exceeds N items`, none of its elements processed (no JS equivalent) |
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Limits {
@@ -45,6 +46,9 @@ pub struct Limits {
     pub max_http_header_bytes: usize,
     /// How long a closing socket waits for the peer's close frame before dropping TCP.
     pub close_timeout: Duration,
+    /// Most elements in one inbound batch (a JSON array message). Default 4096: the JS
+    /// client sends at most what it buffered during one `batchInterval`.
+    pub max_batch_items: usize,
 }
 
 impl Default for Limits {
@@ -59,6 +63,7 @@ impl Default for Limits {
             max_inbound_queue: 64,
             max_http_header_bytes: 16 << 10,
             close_timeout: Duration::from_secs(3),
+            max_batch_items: 4096,
         }
     }
 }
@@ -87,6 +92,11 @@ impl Limits {
     /// Set `max_pending_invokes`.
     pub fn max_pending_invokes(mut self, n: usize) -> Self {
         self.max_pending_invokes = n;
+        self
+    }
+    /// Set `max_batch_items`.
+    pub fn max_batch_items(mut self, n: usize) -> Self {
+        self.max_batch_items = n;
         self
     }
     /// Set `inbound_rate`.

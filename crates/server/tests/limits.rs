@@ -348,3 +348,29 @@ async fn commands_reach_a_socket_whose_writes_are_blocked() {
     assert_eq!(server.stats().slow_consumer_disconnects, 0);
     drop(stalled);
 }
+
+/// A batch with `max_batch_items` elements is processed; one more element closes the
+/// socket with 1009 before any element is processed.
+#[tokio::test]
+async fn batch_item_limit_closes_with_1009() {
+    let server = start(config().with_limits(Limits::default().max_batch_items(3))).await;
+    let mut ok = open(&server).await;
+    let batch = |n: u64| {
+        let items: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"event":"echo","data":{i},"cid":{}}}"#, i + 10))
+            .collect();
+        format!("[{}]", items.join(","))
+    };
+    ok.send(&batch(3)).await;
+    for i in 0..3 {
+        assert_eq!(ok.json().await, json!({"rid": i + 10, "data": i}));
+    }
+    let mut bad = open(&server).await;
+    bad.send(&batch(4)).await;
+    // nothing of the batch is answered: the close comes first
+    assert_eq!(
+        bad.next().await,
+        Got::Close(1009, "Batch exceeds 3 items".into())
+    );
+    assert_eq!(ok.invoke("echo", json!("fine"), 2).await["data"], "fine");
+}

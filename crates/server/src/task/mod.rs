@@ -43,10 +43,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use socketcluster_rs_protocol::codec::BatchItem;
+use socketcluster_rs_protocol::codec::BatchIndex;
 use socketcluster_rs_protocol::{CidAllocator, ProtocolVersion, RawValue};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Interval, Sleep};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::InvokeError;
 use crate::events::ServerEvent;
@@ -64,6 +65,14 @@ use timer::{Timer, tick_opt};
 type Ws = ServerWs;
 /// Where the answer to a server -> client invoke goes.
 type InvokeReply = oneshot::Sender<Result<Option<Box<RawValue>>, InvokeError>>;
+
+/// A batch whose elements are decoded one at a time, as they are processed: memory is
+/// the frame text plus 16 bytes per element (at most `Limits::max_batch_items`).
+struct PendingBatch {
+    text: Utf8Bytes,
+    index: BatchIndex,
+    next: usize,
+}
 
 /// How the socket is closing.
 struct Closing {
@@ -117,7 +126,9 @@ struct SocketTask {
     cids: CidAllocator,
     pending: HashMap<u64, (String, InvokeReply)>,
     inbox: VecDeque<Inbound>,
-    batch: VecDeque<BatchItem>,
+    /// The batch being processed, one element at a time (boxed: most sockets never
+    /// have one).
+    batch: Option<Box<PendingBatch>>,
     step: Option<StepFuture>,
     closing: Option<Closing>,
     version: ProtocolVersion,
@@ -160,7 +171,7 @@ impl SocketTask {
             cids: CidAllocator::new(),
             pending: HashMap::new(),
             inbox: VecDeque::new(),
-            batch: VecDeque::new(),
+            batch: None,
             step: None,
             closing: None,
             version: cfg.protocol_version,

@@ -180,7 +180,6 @@ impl SocketTask {
         free_if_empty(&mut self.wstate.out);
         self.shared.outbox.trim();
         free_if_empty(&mut self.inbox);
-        free_if_empty(&mut self.batch);
     }
 
     pub(super) fn on_overflow(&mut self) {
