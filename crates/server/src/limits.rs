@@ -24,6 +24,7 @@ pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 /// | `inbound_rate` | none | messages per second from one client; above it the server stops reading that socket until the budget refills (TCP backpressure), nothing is dropped |
 /// | `max_inbound_queue` | 64 frames | frames read but not yet processed (while middleware of an earlier message is pending); above it the server stops reading that socket |
 /// | `max_http_header_bytes` | 16 KiB | an upgrade request with bigger headers gets HTTP 431 |
+/// | `close_timeout` | 3 s | a closing socket waits this long for the peer's close frame and then for its end of TCP, discarding at most [`Limits::linger_bytes`] (2 × `max_payload`) of further input, before dropping TCP |
 /// | `max_batch_items` | 4096 | a batch (one JSON array message) with more elements closes the socket with 1009 `Batch exceeds N items`, none of its elements processed (no JS equivalent) |
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -44,7 +45,9 @@ pub struct Limits {
     pub max_inbound_queue: usize,
     /// Size limit of the HTTP upgrade request head.
     pub max_http_header_bytes: usize,
-    /// How long a closing socket waits for the peer's close frame before dropping TCP.
+    /// How long a closing socket waits for the peer's close frame, and then for the
+    /// peer to close TCP (lingering close, RFC 6455 §7.1.1: what the peer still sends is
+    /// read and discarded, at most [`Limits::linger_bytes`]), before dropping TCP.
     pub close_timeout: Duration,
     /// Most elements in one inbound batch (a JSON array message). Default 4096: the JS
     /// client sends at most what it buffered during one `batchInterval`.
@@ -69,6 +72,12 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Bytes a closing socket reads and discards while it waits for the peer to close
+    /// TCP: twice `max_payload`, at least 1 MiB (the rest of an oversized message and
+    /// then some). Beyond it, TCP is dropped.
+    pub fn linger_bytes(&self) -> usize {
+        self.max_payload.saturating_mul(2).max(1 << 20)
+    }
     /// Set `max_payload`.
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
@@ -92,6 +101,11 @@ impl Limits {
     /// Set `max_pending_invokes`.
     pub fn max_pending_invokes(mut self, n: usize) -> Self {
         self.max_pending_invokes = n;
+        self
+    }
+    /// Set `close_timeout`.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
         self
     }
     /// Set `max_batch_items`.

@@ -1,5 +1,6 @@
 //! `socketcluster serve`: a standalone SocketCluster server.
 
+mod conn;
 pub(crate) mod http;
 mod metrics;
 mod rewind;
@@ -310,7 +311,7 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
         backplane,
     });
     let stop = tokio_util::sync::CancellationToken::new();
-    let accept = tokio::spawn(http::accept_loop(
+    let accept = tokio::spawn(conn::accept_loop(
         listener,
         tls,
         operator.clone(),
