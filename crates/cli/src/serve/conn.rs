@@ -179,6 +179,13 @@ mod tests {
 
     /// A server for the HTTP API on a free loopback port, with this body limit.
     async fn api_server(max_body: usize) -> (SocketAddr, CancellationToken) {
+        api_server_with(max_body, super::super::http::BODY_TIMEOUT).await
+    }
+
+    async fn api_server_with(
+        max_body: usize,
+        body_timeout: Duration,
+    ) -> (SocketAddr, CancellationToken) {
         let op = Arc::new(Operator {
             server: socketcluster_rs_server::Server::new(
                 socketcluster_rs_server::ServerConfig::default(),
@@ -189,6 +196,7 @@ mod tests {
             metrics: None,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             max_body,
+            body_timeout,
             backplane: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -240,6 +248,40 @@ mod tests {
             let text = String::from_utf8_lossy(&got);
             assert!(text.starts_with("HTTP/1.1 413"), "round {round}: {text}");
         }
+        stop.cancel();
+    }
+
+    /// A chunked body that never ends is cut off after the body timeout with 408, and
+    /// the connection is closed (lingering is bounded too).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_never_ending_body_gets_408_and_the_connection_closes() {
+        let (addr, stop) = api_server_with(1 << 20, Duration::from_millis(300)).await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut r, mut w) = tcp.into_split();
+        w.write_all(
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\
+              Transfer-Encoding: chunked\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        // one byte every 20 ms, forever (until the server has closed)
+        let trickle = tokio::spawn(async move {
+            while w.write_all(b"1\r\n \r\n").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut got))
+            .await
+            .expect("the connection was not closed")
+            .ok();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(
+            text.contains("the body did not arrive within 300 ms"),
+            "{text}"
+        );
+        trickle.abort();
         stop.cancel();
     }
 }

@@ -10,6 +10,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -18,6 +20,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use socketcluster_rs_server::{RawValue, Server, Socket};
 
+/// Default time allowed for a whole request body (after its head): a client that sends
+/// it slower (or never ends a chunked body) gets 408 and the connection is closed.
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Close code of `POST /api/disconnect` unless the request names one: 4500 and above
 /// tell the JS client not to reconnect.
 pub(crate) const DEFAULT_API_DISCONNECT_CODE: u16 = 4500;
@@ -33,6 +38,8 @@ pub(crate) struct Operator {
     pub(crate) metrics: Option<PrometheusHandle>,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) max_body: usize,
+    /// Time allowed for a request body to arrive in full (see [`BODY_TIMEOUT`]).
+    pub(crate) body_timeout: Duration,
     pub(crate) backplane: Option<HealthProbe>,
 }
 
@@ -141,19 +148,19 @@ async fn api(req: Request<Incoming>, op: &Operator) -> Resp {
         (Method::GET, "/api/channels") => channels(op),
         (Method::GET, "/api/stats") => stats(op),
         (Method::GET, "/api/history") => history(op, req.uri().query().unwrap_or("")).await,
-        (Method::POST, "/api/publish") => match body_json(req, op.max_body).await {
+        (Method::POST, "/api/publish") => match body_json(req, op).await {
             Ok(v) => publish(op, &v).await,
             Err(r) => r,
         },
-        (Method::POST, "/api/publish-batch") => match body_json(req, op.max_body).await {
+        (Method::POST, "/api/publish-batch") => match body_json(req, op).await {
             Ok(v) => publish_batch(op, &v).await,
             Err(r) => r,
         },
-        (Method::POST, "/api/disconnect") => match body_json(req, op.max_body).await {
+        (Method::POST, "/api/disconnect") => match body_json(req, op).await {
             Ok(v) => disconnect(op, &v),
             Err(r) => r,
         },
-        (Method::POST, "/api/deauthenticate") => match body_json(req, op.max_body).await {
+        (Method::POST, "/api/deauthenticate") => match body_json(req, op).await {
             Ok(v) => deauthenticate(op, &v).await,
             Err(r) => r,
         },
@@ -167,11 +174,20 @@ async fn api(req: Request<Incoming>, op: &Operator) -> Resp {
     }
 }
 
-/// Read and parse a JSON body (limited to `max` bytes).
-async fn body_json(req: Request<Incoming>, max: usize) -> Result<Value, Resp> {
-    let body = Limited::new(req.into_body(), max)
-        .collect()
-        .await
+/// Read and parse a JSON body (limited to `max_body` bytes and `body_timeout`).
+async fn body_json(req: Request<Incoming>, op: &Operator) -> Result<Value, Resp> {
+    let max = op.max_body;
+    let collect = Limited::new(req.into_body(), max).collect();
+    let Ok(body) = tokio::time::timeout(op.body_timeout, collect).await else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} ms",
+                op.body_timeout.as_millis()
+            ),
+        ));
+    };
+    let body = body
         .map_err(|_| {
             error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -509,6 +525,7 @@ mod tests {
             metrics: None,
             shutting_down: AtomicBool::new(false),
             max_body: 1024,
+            body_timeout: BODY_TIMEOUT,
             backplane: None,
         }
     }

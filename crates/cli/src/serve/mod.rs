@@ -308,6 +308,7 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
         metrics,
         shutting_down: std::sync::atomic::AtomicBool::new(false),
         max_body,
+        body_timeout: http::BODY_TIMEOUT,
         backplane,
     });
     let stop = tokio_util::sync::CancellationToken::new();
