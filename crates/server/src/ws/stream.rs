@@ -115,8 +115,8 @@ impl ServerWs {
     ///   [`poll_flush`](Self::poll_flush)): pongs and close replies reach the peer even
     ///   if the caller writes nothing. If that write fails while no message is ready,
     ///   the failure is returned as [`WsError::Io`].
-    /// * A close frame is answered with a close frame echoing its code (none if it had
-    ///   no payload), unless ours was already sent, and returned as
+    /// * A close frame is answered with a close frame echoing its code and reason
+    ///   (nothing if it had no payload), unless ours was already sent, and returned as
     ///   [`WsMessage::Close`]. Afterwards the read side has ended.
     /// * EOF: `None`. After an error, the read side has ended as well.
     ///
@@ -490,8 +490,9 @@ impl ServerWs {
             }
             Assembled::Close(close) => {
                 if self.flags & CLOSE_SENT == 0 {
-                    let code = close.as_ref().map(|(code, _)| code.to_be_bytes());
-                    self.push_frame(OP_CLOSE, code.as_ref().map_or(&[][..], |c| &c[..]));
+                    // Echo the code and the reason (the whole, validated payload), like
+                    // the JS server.
+                    self.push_frame(OP_CLOSE, payload);
                     self.flags |= CLOSE_SENT;
                 }
                 self.flags |= READ_DONE;
