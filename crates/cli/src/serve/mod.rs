@@ -36,7 +36,10 @@ fn history_config(s: &Settings) -> HistoryConfig {
 /// Turn validated settings into the server library's configuration. Reading key and
 /// certificate files happens here, so every failure names its setting.
 pub(crate) fn server_config(s: &Settings) -> Result<ServerConfig, InvalidSetting> {
-    let bad = |setting: &'static str, message: String| InvalidSetting { setting, message };
+    let bad = |setting: &'static str, message: String| InvalidSetting {
+        setting: setting.into(),
+        message,
+    };
     let algorithm: JwtAlgorithm = s.auth_algorithm.parse().map_err(|_| {
         bad(
             "auth-algorithm",

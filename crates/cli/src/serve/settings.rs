@@ -280,7 +280,8 @@ impl Broker {
 /// An invalid setting: the message names it. `serve` exits with status 2.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct InvalidSetting {
-    pub(crate) setting: &'static str,
+    /// The setting's name (its flag without `--`, which is also its TOML key).
+    pub(crate) setting: String,
     pub(crate) message: String,
 }
 
@@ -294,11 +295,30 @@ impl fmt::Display for InvalidSetting {
     }
 }
 
-fn invalid(setting: &'static str, message: impl Into<String>) -> InvalidSetting {
+fn invalid(setting: impl Into<String>, message: impl Into<String>) -> InvalidSetting {
     InvalidSetting {
-        setting,
+        setting: setting.into(),
         message: message.into(),
     }
+}
+
+/// The TOML key a parse error is about: the key of the `key = value` line the error's
+/// span is on (or, for a value spanning lines, the last such line before it).
+fn toml_error_key(text: &str, e: &toml::de::Error) -> Option<String> {
+    let span = e.span()?;
+    let line_end = text[span.start..]
+        .find('\n')
+        .map_or(text.len(), |i| span.start + i);
+    let upto = text.get(..line_end)?;
+    upto.lines().rev().find_map(|line| {
+        let (key, _) = line.split_once('=')?;
+        let key = key.trim().trim_matches(['"', '\'']);
+        let bare = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        bare.then(|| key.to_owned())
+    })
 }
 
 const ALGORITHMS: &[&str] = &[
@@ -315,10 +335,16 @@ impl ServeArgs {
         let text = std::fs::read_to_string(path)
             .map_err(|e| invalid("config", format!("cannot read {}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| {
-            invalid(
-                "config",
-                format!("{}: {}", path.display(), e.message().trim_end()),
-            )
+            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+            let place = match line {
+                Some(l) => format!("{}, line {l}", path.display()),
+                None => path.display().to_string(),
+            };
+            let message = format!("{} (in {place})", e.message().trim_end());
+            match toml_error_key(&text, &e) {
+                Some(key) => invalid(key, message),
+                None => invalid("config", message),
+            }
         })
     }
 
@@ -688,6 +714,39 @@ mod tests {
             .resolve(FileSettings::default())
             .unwrap_err();
         assert_eq!(e.setting, "busy-poll-us");
+    }
+
+    #[test]
+    fn toml_errors_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("sc-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        for (text, key, line) in [
+            ("host = \"0.0.0.0\"\nport = \"not-a-number\"\n", "port", 2),
+            ("max-payload = -1\n", "max-payload", 1),
+            ("no-client-publish = \"yes\"\n", "no-client-publish", 1),
+            ("history = [\n  \"a/*\",\n  5,\n]\n", "history", 3),
+            ("bogus = 1\n", "bogus", 1),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let mut a = args(&[]);
+            a.config = Some(path.clone());
+            let e = a.file_settings().unwrap_err();
+            assert_eq!(e.setting, key, "{text}: {e}");
+            let shown = e.to_string();
+            assert!(
+                shown.starts_with(&format!("invalid configuration: {key}: ")),
+                "{shown}"
+            );
+            assert!(shown.contains(&format!("line {line})")), "{shown}");
+        }
+        // not about one key: the file is named
+        std::fs::write(&path, "port = \n").unwrap();
+        let mut a = args(&[]);
+        a.config = Some(path.clone());
+        let e = a.file_settings().unwrap_err();
+        assert!(e.to_string().starts_with("invalid configuration: "), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
