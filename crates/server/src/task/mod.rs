@@ -39,6 +39,7 @@ mod timer;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -74,6 +75,27 @@ struct PendingBatch {
     next: usize,
 }
 
+/// The inbound rate limits of one socket.
+struct RateState {
+    messages: Option<Bucket>,
+    bytes: Option<Bucket>,
+    /// Since when every message has been over budget (the socket is throttled).
+    throttled_since: Option<Instant>,
+}
+
+impl RateState {
+    fn new(limits: &crate::limits::Limits) -> Option<Box<RateState>> {
+        if limits.inbound_rate.is_none() && limits.inbound_byte_rate.is_none() {
+            return None;
+        }
+        Some(Box::new(RateState {
+            messages: limits.inbound_rate.map(Bucket::new),
+            bytes: limits.inbound_byte_rate.map(Bucket::new),
+            throttled_since: None,
+        }))
+    }
+}
+
 /// How the socket is closing.
 struct Closing {
     code: u16,
@@ -86,7 +108,12 @@ struct Closing {
 
 /// Start the task of a freshly upgraded WebSocket (the socket is connecting until its
 /// `#handshake` completes).
-pub(crate) fn spawn(state: &Arc<ServerState>, ws: ServerWs, request: StoredRequest) {
+pub(crate) fn spawn(
+    state: &Arc<ServerState>,
+    ws: ServerWs,
+    request: StoredRequest,
+    remote_ip: Option<IpAddr>,
+) {
     let link: std::sync::Weak<ServerState> = Arc::downgrade(state);
     let shared = Arc::new(SocketShared::new(
         state.hub.next_key(),
@@ -107,7 +134,8 @@ pub(crate) fn spawn(state: &Arc<ServerState>, ws: ServerWs, request: StoredReque
         None => tracing::info!(socket = %shared.id, "connection accepted"),
     }
     state.sockets.socket_started();
-    let task = SocketTask::new(state.clone(), shared.clone(), ws);
+    let mut task = SocketTask::new(state.clone(), shared.clone(), ws);
+    task.remote_ip = remote_ip;
     state.emit(ServerEvent::Handshake {
         socket: Socket { shared },
     });
@@ -144,7 +172,10 @@ struct SocketTask {
     handshake_deadline: Timer,
     /// The token's expiry (when it has one and the expiry timer is on).
     expiry: Timer,
-    bucket: Option<Bucket>,
+    /// Inbound rate limits, when configured (boxed: off by default).
+    rate: Option<Box<RateState>>,
+    /// The remote address counted by the per-IP limits, released when the task ends.
+    remote_ip: Option<IpAddr>,
     /// Reading pauses while armed (inbound rate limit).
     throttle: Timer,
     /// The periodic batch flush (docs/PROTOCOL.md 8.5), while it runs.
@@ -181,7 +212,8 @@ impl SocketTask {
             pong_deadline,
             handshake_deadline: Timer::armed_at(now + cfg.handshake_timeout),
             expiry: Timer::default(),
-            bucket: cfg.limits.inbound_rate.map(Bucket::new),
+            rate: RateState::new(&cfg.limits),
+            remote_ip: None,
             throttle: Timer::default(),
             batch_tick: None,
             batch_window: Timer::default(),
@@ -249,6 +281,9 @@ impl SocketTask {
 
 impl Drop for SocketTask {
     fn drop(&mut self) {
+        if let Some(ip) = self.remote_ip.take() {
+            self.server.per_ip.release(ip);
+        }
         // However the task ends (also when its runtime shuts down): nothing more is
         // accepted, and `Socket::closed` waiters are released.
         self.shared.outbox.shut();
