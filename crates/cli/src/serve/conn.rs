@@ -179,7 +179,7 @@ mod tests {
 
     /// A server for the HTTP API on a free loopback port, with this body limit.
     async fn api_server(max_body: usize) -> (SocketAddr, CancellationToken) {
-        api_server_with(max_body, super::super::http::BODY_TIMEOUT).await
+        api_server_with(max_body, Duration::from_secs(10)).await
     }
 
     async fn api_server_with(

@@ -20,9 +20,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use socketcluster_rs_server::{RawValue, Server, Socket};
 
-/// Default time allowed for a whole request body (after its head): a client that sends
-/// it slower (or never ends a chunked body) gets 408 and the connection is closed.
-pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Close code of `POST /api/disconnect` unless the request names one: 4500 and above
 /// tell the JS client not to reconnect.
 pub(crate) const DEFAULT_API_DISCONNECT_CODE: u16 = 4500;
@@ -38,7 +35,9 @@ pub(crate) struct Operator {
     pub(crate) metrics: Option<PrometheusHandle>,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) max_body: usize,
-    /// Time allowed for a request body to arrive in full (see [`BODY_TIMEOUT`]).
+    /// Time allowed for a whole request body, after its head (`--http-body-timeout`,
+    /// default 10 s): a client that sends it slower (or never ends a chunked body) gets
+    /// 408 and the connection is closed.
     pub(crate) body_timeout: Duration,
     pub(crate) backplane: Option<HealthProbe>,
 }
@@ -525,7 +524,7 @@ mod tests {
             metrics: None,
             shutting_down: AtomicBool::new(false),
             max_body: 1024,
-            body_timeout: BODY_TIMEOUT,
+            body_timeout: Duration::from_secs(10),
             backplane: None,
         }
     }
