@@ -30,7 +30,7 @@ pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 /// | `max_connections_per_ip` | 1000 | live WebSocket connections from one remote IP; further upgrades get HTTP 429 `Too many connections from this address` |
 /// | `handshake_rate_per_ip` | 50/s, burst 200 | WebSocket upgrades per second from one remote IP; above it HTTP 429 `Too many handshakes from this address` |
 /// | `per_ip_limits_on_loopback` | false | whether the two per-IP limits apply to loopback clients (127.0.0.0/8, ::1): off so that local benchmarks and a reverse proxy on the same host are not limited |
-/// | `max_inbound_queue` | 64 frames | frames read but not yet processed (while middleware of an earlier message is pending); above it the server stops reading that socket |
+/// | `max_inbound_queue` | 64 frames | frames read but not yet processed (while middleware of an earlier message is pending); above it, or above `max_payload` bytes queued, the server stops reading that socket |
 /// | `max_http_header_bytes` | 16 KiB | an upgrade request with bigger headers gets HTTP 431 |
 /// | `close_timeout` | 3 s | a closing socket waits this long for the peer's close frame and then for its end of TCP, discarding at most [`Limits::linger_bytes`] (2 × `max_payload`) of further input, before dropping TCP |
 /// | `max_batch_items` | 4096 | a batch (one JSON array message) with more elements closes the socket with 1009 `Batch exceeds N items`, none of its elements processed (no JS equivalent) |

@@ -28,6 +28,17 @@ pub(super) enum Inbound {
     Binary(Bytes),
 }
 
+impl Inbound {
+    /// Payload size.
+    fn len(&self) -> usize {
+        match self {
+            Inbound::Pong => 0,
+            Inbound::Text(t) => t.len(),
+            Inbound::Binary(b) => b.len(),
+        }
+    }
+}
+
 impl SocketTask {
     pub(super) fn drain(&mut self) {
         while self.step.is_none() && self.closing.is_none() {
@@ -47,6 +58,7 @@ impl SocketTask {
             let Some(inbound) = self.inbox.pop_front() else {
                 break;
             };
+            self.inbox_bytes -= inbound.len();
             self.handle_inbound(inbound);
         }
         // Only a socket whose processing waited (middleware, broker) used the read-ahead
@@ -67,6 +79,7 @@ impl SocketTask {
         {
             self.handle_inbound(inbound);
         } else {
+            self.inbox_bytes += inbound.len();
             self.inbox.push_back(inbound);
         }
     }

@@ -154,6 +154,9 @@ struct SocketTask {
     cids: CidAllocator,
     pending: HashMap<u64, (String, InvokeReply)>,
     inbox: VecDeque<Inbound>,
+    /// Payload bytes in `inbox`: reading pauses at `max_payload`, so that read-ahead
+    /// holds at most about twice the max payload, however small the message count.
+    inbox_bytes: usize,
     /// The batch being processed, one element at a time (boxed: most sockets never
     /// have one).
     batch: Option<Box<PendingBatch>>,
@@ -202,6 +205,7 @@ impl SocketTask {
             cids: CidAllocator::new(),
             pending: HashMap::new(),
             inbox: VecDeque::new(),
+            inbox_bytes: 0,
             batch: None,
             step: None,
             closing: None,
@@ -232,7 +236,9 @@ impl SocketTask {
                 if self.closing.is_some() {
                     break;
                 }
-                let can_read = self.inbox.len() < self.server.config.limits.max_inbound_queue
+                let limits = &self.server.config.limits;
+                let can_read = self.inbox.len() < limits.max_inbound_queue
+                    && self.inbox_bytes < limits.max_payload
                     && !self.throttle.is_armed();
                 tokio::select! {
                     biased;
