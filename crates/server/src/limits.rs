@@ -29,6 +29,7 @@ pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 /// | `throttle_close_after` | 10 s | how long a socket may stay throttled (every message over budget) before it is closed with 1008 |
 /// | `max_connections_per_ip` | 1000 | live WebSocket connections from one remote IP; further upgrades get HTTP 429 `Too many connections from this address` |
 /// | `handshake_rate_per_ip` | 50/s, burst 200 | WebSocket upgrades per second from one remote IP; above it HTTP 429 `Too many handshakes from this address` |
+/// | (per-IP keys) | | IPv4 addresses count one by one, IPv6 addresses per /64 network |
 /// | `per_ip_limits_on_loopback` | false | whether the two per-IP limits apply to loopback clients (127.0.0.0/8, ::1): off so that local benchmarks and a reverse proxy on the same host are not limited |
 /// | `max_inbound_queue` | 64 frames | frames read but not yet processed (while middleware of an earlier message is pending); above it, or above `max_payload` bytes queued, the server stops reading that socket |
 /// | `max_http_header_bytes` | 16 KiB | an upgrade request with bigger headers gets HTTP 431 |

@@ -1,7 +1,8 @@
 //! Limits per remote IP address ([`crate::Limits::max_connections_per_ip`],
 //! [`crate::Limits::handshake_rate_per_ip`]): live WebSocket connections and WebSocket
 //! upgrades per second. A refused upgrade gets HTTP 429. Loopback addresses are exempt
-//! unless [`crate::Limits::per_ip_limits_on_loopback`] is set.
+//! unless [`crate::Limits::per_ip_limits_on_loopback`] is set. IPv6 addresses count per
+//! /64 network (one subscriber usually has a whole /64), IPv4-mapped ones as IPv4.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -86,7 +87,7 @@ impl PerIp {
         if !self.applies(ip) {
             return Ok(None);
         }
-        let ip = ip.to_canonical();
+        let ip = key(ip);
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         if t.entries.len() >= t.prune_at {
             t.entries
@@ -152,6 +153,17 @@ impl PerIp {
     }
 }
 
+/// The address an IP is counted under: IPv4 (also IPv4-mapped) as is, IPv6 by its /64.
+fn key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
 /// An admitted upgrade (see [`PerIp::admission`]).
 pub(crate) struct Admission<'a> {
     per_ip: &'a PerIp,
@@ -210,6 +222,17 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(p.admit(lo), Ok(None));
         }
+        // IPv6 addresses of one /64 share their limits
+        let six = PerIp::new(&limits(Some(1), None, false));
+        let x: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let y: IpAddr = "2001:db8:1:2:ffff::7".parse().unwrap();
+        let z: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let net = six.admit(x).unwrap().unwrap();
+        assert_eq!(net, "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_eq!(six.admit(y), Err(Refusal::Connections));
+        assert!(six.admit(z).unwrap().is_some());
+        six.release(net);
+        assert!(six.admit(y).unwrap().is_some());
         let strict = PerIp::new(&limits(Some(1), None, true));
         assert_eq!(strict.admit(lo), Ok(Some("127.0.0.1".parse().unwrap())));
         assert_eq!(strict.admit(lo), Err(Refusal::Connections));
