@@ -3,6 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use socketcluster_rs_protocol::reserved::{self, HandshakeStatus, SubscribeRequest};
+use socketcluster_rs_protocol::codec::Indexed;
 use socketcluster_rs_protocol::{BatchItem, Cid, Frame, KeyOrder, Packet, ProtocolVersion, Role, codec};
 
 fn exercise(p: &Packet) {
@@ -55,6 +56,23 @@ fuzz_target!(|data: &[u8]| {
                 Frame::Heartbeat | Frame::Raw => {}
             }
         }
+    }
+    // The server's lazy path (an index, elements decoded one by one) agrees with `decode`.
+    match (codec::decode_message(&text), codec::index_message(&text, usize::MAX)) {
+        (Frame::Packet(a), Indexed::Packet(b)) => assert_eq!(a, b),
+        (Frame::Batch(items), Indexed::Batch(index)) => {
+            assert_eq!(items.len(), index.len());
+            for (i, item) in items.iter().enumerate() {
+                assert_eq!(&index.item(&text, i), item);
+            }
+            match codec::index_message(&text, 2) {
+                Indexed::TooManyItems { items: n } => assert!(n > 2 && n == items.len()),
+                Indexed::Batch(small) => assert!(small.len() <= 2),
+                other => panic!("limit changed the classification: {other:?}"),
+            }
+        }
+        (Frame::Raw, Indexed::Raw) => {}
+        (a, b) => panic!("decode gave {a:?}, index_message gave {b:?}"),
     }
     let _ = socketcluster_rs_protocol::auth::decode_token_payload(&text);
 });

@@ -476,3 +476,54 @@ async fn tls_serves_wss_and_https() {
     c.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The abuse limits are wired from flags and environment, refuse with 429 / close with
+/// 1009, and are counted on /metrics.
+#[tokio::test]
+async fn abuse_limits_are_configurable_and_counted_in_metrics() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let serve = Serve::start_with_env(
+        &[
+            "--port",
+            "0",
+            "--max-connections-per-ip",
+            "1",
+            "--per-ip-limits-on-loopback",
+            "--max-batch-items",
+            "2",
+        ],
+        &[("SOCKETCLUSTER_HANDSHAKE_RATE_PER_IP", "0")],
+    )
+    .await;
+    let (mut first, _) = tokio_tungstenite::connect_async(serve.url()).await.unwrap();
+    match tokio_tungstenite::connect_async(serve.url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status().as_u16(), 429)
+        }
+        other => panic!("expected 429, got {other:?}"),
+    }
+    first
+        .send(Message::Text(
+            r##"{"event":"#handshake","data":{},"cid":1}"##.into(),
+        ))
+        .await
+        .unwrap();
+    first.send(Message::Text("[1,2,3]".into())).await.unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = first.next().await {
+            if let Message::Close(Some(f)) = m {
+                return (u16::from(f.code), f.reason.to_string());
+            }
+        }
+        panic!("no close frame");
+    })
+    .await
+    .unwrap();
+    assert_eq!(close, (1009, "Batch exceeds 2 items".to_owned()));
+    let (_, text) = http(serve.port, "GET", "/metrics", None, None).await;
+    for limit in ["connections_per_ip", "batch_items"] {
+        let name = format!("socketcluster_server_limit_exceeded_total{{limit=\"{limit}\"}}");
+        assert_eq!(metric(&text, &name), 1.0, "{name} in {text}");
+    }
+}

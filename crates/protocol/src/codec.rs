@@ -72,6 +72,137 @@ pub fn decode_message(text: &str) -> Frame {
     }
 }
 
+/// A text message classified for processing one batch element at a time (the server's
+/// path; docs/PROTOCOL.md 2.4 and 11.6): a batch is validated and indexed, not decoded.
+#[derive(Debug, PartialEq)]
+pub enum Indexed {
+    /// A single packet.
+    Packet(Packet),
+    /// A JSON array with at most the allowed number of elements: where each element is.
+    Batch(BatchIndex),
+    /// A valid JSON array with more elements than allowed (`items` of them).
+    TooManyItems {
+        /// How many elements the array has.
+        items: usize,
+    },
+    /// Anything else (see [`Frame::Raw`]).
+    Raw,
+}
+
+/// Where the elements of a batch are in its frame text: two offsets per element, so an
+/// indexed batch costs 16 bytes per element however the elements look (a decoded
+/// [`BatchItem`] costs more than 50, and an array of 4 million `0`s fits in 8 MiB).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchIndex {
+    spans: Box<[(usize, usize)]>,
+}
+
+impl BatchIndex {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Decode element `i` of `text`, the frame text this index was made from (an
+    /// element that is not a packet, an index out of range or another text give
+    /// [`BatchItem::Raw`]).
+    pub fn item(&self, text: &str, i: usize) -> BatchItem {
+        let Some(el) = self.spans.get(i).and_then(|&(a, b)| text.get(a..b)) else {
+            return BatchItem::Raw;
+        };
+        match decode_element(el) {
+            Ok(Some(p)) => BatchItem::Packet(p),
+            _ => BatchItem::Raw,
+        }
+    }
+}
+
+/// Classify a text frame that is not a heartbeat like [`decode_message`], but index a
+/// batch instead of decoding it, and refuse one with more than `max_items` elements.
+///
+/// Memory: besides the frame text, at most one decoded element at a time and 16 bytes
+/// per element of an accepted batch. A batch that is not valid JSON (or has an element
+/// that is not valid JSON) is [`Indexed::Raw`], like [`Frame::Raw`].
+///
+/// ```
+/// use socketcluster_rs_protocol::codec::{index_message, BatchItem, Indexed};
+/// let text = r#"[{"event":"a"},5]"#;
+/// let Indexed::Batch(index) = index_message(text, 10) else { panic!() };
+/// assert_eq!(index.len(), 2);
+/// assert!(matches!(index.item(text, 0), BatchItem::Packet(_)));
+/// assert_eq!(index.item(text, 1), BatchItem::Raw);
+/// assert_eq!(index_message("[0,0,0]", 2), Indexed::TooManyItems { items: 3 });
+/// ```
+pub fn index_message(text: &str, max_items: usize) -> Indexed {
+    let trimmed = text.trim_start_matches([' ', '\n', '\r', '\t']);
+    if !trimmed.starts_with('[') {
+        return match decode_message(text) {
+            Frame::Packet(p) => Indexed::Packet(p),
+            _ => Indexed::Raw,
+        };
+    }
+    let mut de = serde_json::Deserializer::from_str(trimmed);
+    let visitor = IndexVisitor {
+        base: text.as_ptr() as usize,
+        max: max_items,
+    };
+    match de
+        .deserialize_seq(visitor)
+        .and_then(|r| de.end().map(|()| r))
+    {
+        Ok((_, items)) if items > max_items => Indexed::TooManyItems { items },
+        Ok((spans, _)) => Indexed::Batch(BatchIndex {
+            spans: spans.into_boxed_slice(),
+        }),
+        Err(_) => Indexed::Raw,
+    }
+}
+
+/// Validates every element of a batch (decoding it, then dropping it) and records where
+/// the first `max` elements are; beyond them it only counts.
+struct IndexVisitor {
+    base: usize,
+    max: usize,
+}
+
+impl<'de> Visitor<'de> for IndexVisitor {
+    type Value = (Vec<(usize, usize)>, usize);
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of packets")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut spans = Vec::new();
+        let mut items = 0usize;
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            let el = raw.get();
+            decode_element(el).map_err(de::Error::custom)?;
+            if items < self.max {
+                let start = (el.as_ptr() as usize).wrapping_sub(self.base);
+                spans.push((start, start + el.len()));
+            } else if items == self.max {
+                // Over the limit: nothing more is kept.
+                spans = Vec::new();
+            }
+            items += 1;
+        }
+        Ok((spans, items))
+    }
+}
+
+/// Decode one batch element: a packet, or `None` for anything else.
+fn decode_element(text: &str) -> Result<Option<Packet>, serde_json::Error> {
+    if !text.starts_with('{') {
+        return Ok(None);
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_map(PacketVisitor)
+}
+
 /// Encode a batch: the already-encoded packets joined into one JSON array.
 pub fn encode_batch<S: AsRef<str>>(packets: &[S]) -> String {
     let len: usize = packets.iter().map(|p| p.as_ref().len() + 1).sum();
@@ -129,14 +260,8 @@ impl<'de> serde::Deserialize<'de> for Element {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // Borrow the element as raw text first so non-objects are skipped cheaply.
         let raw: &RawValue = serde::Deserialize::deserialize(d)?;
-        let text = raw.get();
-        if !text.starts_with('{') {
-            return Ok(Element(None));
-        }
-        let mut de = serde_json::Deserializer::from_str(text);
         Ok(Element(
-            de.deserialize_map(PacketVisitor)
-                .map_err(de::Error::custom)?,
+            decode_element(raw.get()).map_err(de::Error::custom)?,
         ))
     }
 }
@@ -277,6 +402,48 @@ mod tests {
         assert!(matches!(items[3], BatchItem::Packet(Packet::Event(_))));
         assert!(matches!(items[4], BatchItem::Packet(Packet::Response(_))));
         assert_eq!(dec("[]"), Frame::Batch(vec![]));
+    }
+
+    #[test]
+    fn an_index_decodes_like_a_batch() {
+        let text = r#" [null,5,[1],{"event":"a","data":{"x":[1,2]}},{"rid":2},"s"]"#;
+        let Frame::Batch(items) = dec(text) else {
+            panic!()
+        };
+        let Indexed::Batch(index) = index_message(text, 6) else {
+            panic!()
+        };
+        assert_eq!(index.len(), items.len());
+        for (i, item) in items.iter().enumerate() {
+            assert_eq!(&index.item(text, i), item, "element {i}");
+        }
+        assert_eq!(index.item(text, 6), BatchItem::Raw);
+        assert_eq!(index_message(text, 5), Indexed::TooManyItems { items: 6 });
+        assert_eq!(
+            index_message("[]", 0),
+            Indexed::Batch(BatchIndex::default())
+        );
+        // invalid JSON anywhere makes the whole frame raw, as with `decode`
+        assert_eq!(index_message("[0,0,", 1), Indexed::Raw);
+        assert_eq!(index_message(r#"[{"event":"\ud800"}]"#, 10), Indexed::Raw);
+        assert_eq!(dec(r#"[{"event":"\ud800"}]"#), Frame::Raw);
+        assert!(matches!(
+            index_message(r#"{"event":"a"}"#, 0),
+            Indexed::Packet(_)
+        ));
+        assert_eq!(index_message("nope", 10), Indexed::Raw);
+    }
+
+    #[test]
+    fn an_oversized_batch_of_tiny_elements_keeps_no_index() {
+        // 4 million elements in 8 MiB: decoded, they would cost hundreds of MB.
+        let text = format!("[{}0]", "0,".repeat(4 << 20));
+        assert_eq!(
+            index_message(&text, 4096),
+            Indexed::TooManyItems {
+                items: (4 << 20) + 1
+            }
+        );
     }
 
     #[test]

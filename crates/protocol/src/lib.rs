@@ -44,7 +44,7 @@ pub mod version;
 pub use backoff::{Backoff, ReconnectOptions};
 pub use cid::{Cid, CidAllocator};
 pub use close::{CloseCode, ReconnectAfterClose};
-pub use codec::{BatchItem, Frame, KeyOrder};
+pub use codec::{BatchIndex, BatchItem, Frame, Indexed, KeyOrder};
 pub use error::{ErrorName, ErrorObject, WireError};
 pub use history::{NotRecovered, StreamPosition, SubscribeReply};
 pub use packet::{EventPacket, Packet, ResponsePacket};

@@ -101,6 +101,36 @@ proptest! {
         prop_assert_eq!(decode(&text, Role::Client), Frame::Batch(expected));
     }
 
+    /// The server's lazy batch path agrees with `decode`, element by element, for
+    /// batches mixing packets and arbitrary JSON values; the item limit only refuses.
+    #[test]
+    fn indexed_batches_decode_like_batches(
+        ps in prop::collection::vec(prop_oneof![
+            packet().prop_map(|p| p.encode(KeyOrder::Client)),
+            json_value().prop_map(|v| v.to_string()),
+        ], 0..8),
+        limit in 0usize..10,
+    ) {
+        let text = encode_batch(&ps);
+        let Frame::Batch(items) = decode(&text, Role::Server) else {
+            panic!("not a batch: {text}")
+        };
+        match codec::index_message(&text, limit) {
+            codec::Indexed::Batch(index) => {
+                prop_assert!(items.len() <= limit);
+                prop_assert_eq!(index.len(), items.len());
+                for (i, item) in items.iter().enumerate() {
+                    prop_assert_eq!(&index.item(&text, i), item);
+                }
+            }
+            codec::Indexed::TooManyItems { items: n } => {
+                prop_assert!(n > limit);
+                prop_assert_eq!(n, items.len());
+            }
+            other => panic!("{other:?} for {text}"),
+        }
+    }
+
     #[test]
     fn errors_round_trip_through_responses(c in cid(), e in error_object()) {
         let text = ResponsePacket::err(c, &WireError::from(e.clone())).encode();

@@ -78,12 +78,16 @@ pub async fn upgrade(server: Server, mut req: Request) -> Response {
     }
     let ok = match check_upgrade(hreq.uri.path(), &hreq) {
         Ok(ok) => ok,
-        Err(r) => return reject(r),
+        Err(r) => return reject(HttpReject::too_many(r)),
     };
     let hreq = Arc::new(hreq);
     if let Err(r) = authorize(&state, &hreq).await {
         return reject(r);
     }
+    let ip = match state.per_ip.admission(remote_addr) {
+        Ok(a) => a.keep(),
+        Err(r) => return reject(r),
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let max_payload = state.config.limits.max_payload;
     tokio::spawn(async move {
@@ -91,9 +95,15 @@ pub async fn upgrade(server: Server, mut req: Request) -> Response {
             Ok(upgraded) => {
                 let io: Box<dyn Io> = Box::new(TokioIo::new(upgraded));
                 let ws = crate::ws::ServerWs::new(io, Vec::new(), max_payload);
-                crate::task::spawn(&state, ws, crate::request::StoredRequest::parsed(hreq));
+                let request = crate::request::StoredRequest::parsed(hreq);
+                crate::task::spawn(&state, ws, request, ip);
             }
-            Err(e) => tracing::debug!(error = %e, "HTTP upgrade failed"),
+            Err(e) => {
+                if let Some(ip) = ip {
+                    state.per_ip.release(ip);
+                }
+                tracing::debug!(error = %e, "HTTP upgrade failed");
+            }
         }
     });
     let mut b = Response::builder()

@@ -18,6 +18,7 @@ mod limits;
 mod listener;
 pub mod metrics;
 pub mod middleware;
+mod per_ip;
 mod request;
 pub mod rpc;
 mod server;

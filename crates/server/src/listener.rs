@@ -28,6 +28,11 @@ pub(crate) struct HttpReject {
 }
 
 impl HttpReject {
+    /// HTTP 429 for an upgrade refused by a per-IP limit.
+    pub(crate) fn too_many(refusal: crate::per_ip::Refusal) -> Self {
+        HttpReject::new(429, refusal.message())
+    }
+
     fn new(status: u16, body: impl Into<String>) -> Self {
         HttpReject {
             status,
@@ -61,6 +66,7 @@ pub(crate) fn reason_phrase(status: u16) -> &'static str {
         401 => "Unauthorized",
         403 => "Forbidden",
         405 => "Method Not Allowed",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
         503 => "Service Unavailable",
@@ -323,6 +329,10 @@ pub(crate) async fn http_upgrade(
         )
         .await;
     }
+    let admission = match state.per_ip.admission(addr) {
+        Ok(a) => a,
+        Err(r) => return reject(&mut io, &state, HttpReject::too_many(r)).await,
+    };
     let ok = match check_upgrade(&state.config.path, &req) {
         Ok(ok) => ok,
         Err(r) => return reject(&mut io, &state, r).await,
@@ -351,7 +361,8 @@ pub(crate) async fn http_upgrade(
         Ok(_) => StoredRequest::raw(buf.into_boxed_slice(), addr, secure),
         Err(shared) => StoredRequest::parsed(shared),
     };
-    crate::task::spawn(&state, ws, stored);
+    let ip = admission.keep();
+    crate::task::spawn(&state, ws, stored, ip);
 }
 
 #[cfg(test)]

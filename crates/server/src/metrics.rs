@@ -13,6 +13,8 @@
 //! | `socketcluster_server_rpc_total` | counter | `outcome` (`ok`, `error`, `unanswered`) | client → server invokes of application procedures |
 //! | `socketcluster_server_rpc_duration_seconds` | histogram | | time from receiving an invoke to answering it |
 //! | `socketcluster_server_slow_consumer_disconnects_total` | counter | | sockets dropped for exceeding the outbound queue limit |
+//! | `socketcluster_server_limit_exceeded_total` | counter | `limit` (`batch_items`, `inbound_rate`, `inbound_byte_rate`, `connections_per_ip`, `handshake_rate_per_ip`) | sockets closed or upgrades refused by an abuse limit (docs/RELIABILITY.md, Limits) |
+//! | `socketcluster_server_throttled_total` | counter | | times a socket started being throttled by its inbound rate limits |
 //! | `socketcluster_server_exchange_dropped_total` | counter | | publications dropped for a full server-side subscription |
 //! | `socketcluster_server_recoveries_total` | counter | `outcome` (`recovered`, `not_recovered`) | subscriptions that asked to recover a stream position |
 //! | `socketcluster_server_recovered_publications_total` | counter | | publications replayed by recoveries |
@@ -59,6 +61,14 @@ pub(crate) fn rpc(outcome: &'static str, started: Instant) {
 
 pub(crate) fn slow_consumer_disconnect() {
     metrics::counter!("socketcluster_server_slow_consumer_disconnects_total").increment(1);
+}
+
+pub(crate) fn throttled() {
+    metrics::counter!("socketcluster_server_throttled_total").increment(1);
+}
+
+pub(crate) fn limit_exceeded(limit: &'static str) {
+    metrics::counter!("socketcluster_server_limit_exceeded_total", "limit" => limit).increment(1);
 }
 
 pub(crate) fn exchange_dropped() {

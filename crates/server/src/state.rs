@@ -21,6 +21,7 @@ use crate::config::ServerConfig;
 use crate::events::{ServerEvent, ServerEvents, Stats};
 use crate::hub::ChannelHub;
 use crate::middleware::Middlewares;
+use crate::per_ip::PerIp;
 use crate::rpc::Handlers;
 use crate::socket::{ServerLink, Socket, SocketState};
 
@@ -39,6 +40,8 @@ pub(crate) struct ServerState {
     pub(crate) busy_poll: Option<BusyPoll>,
     /// The sockets: open ones by id, and how many are pending or still running.
     pub(crate) sockets: SocketRegistry,
+    /// Connections and upgrade rates per remote IP.
+    pub(crate) per_ip: PerIp,
 }
 
 impl ServerState {
@@ -61,6 +64,7 @@ impl ServerState {
             shutdown: CancellationToken::new(),
             busy_poll: config.busy_poll.filter(|w| !w.is_zero()).map(BusyPoll::new),
             sockets: SocketRegistry::default(),
+            per_ip: PerIp::new(&config.limits),
             config,
         }
     }

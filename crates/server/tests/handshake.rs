@@ -352,6 +352,16 @@ async fn client_close_code_and_reason_are_reported() {
     }
 }
 
+/// 8.6: the server's reply to the client's close frame echoes its code and reason,
+/// like the JS server (the JS client reports that reason in `disconnect` and `close`).
+#[tokio::test]
+async fn client_close_code_and_reason_are_echoed() {
+    let server = start(config()).await;
+    let mut c = open(&server).await;
+    c.close(1000, "bye").await;
+    assert_eq!(c.next().await, Got::Close(1000, "bye".into()));
+}
+
 /// 8.6: `socket.disconnect(code, reason)` sends that close frame.
 #[tokio::test]
 async fn server_disconnect_sends_code_and_reason() {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::SinkExt;
-use serde_json::json;
+use serde_json::{Value, json};
 use socketcluster_rs_server::{InboundAction, Limits, RateLimit};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -176,6 +176,58 @@ async fn slow_middleware_keeps_order_with_bounded_read_ahead() {
         let v = c.json().await;
         assert_eq!(v["rid"], i + 10);
     }
+}
+
+/// Read-ahead is bounded in bytes too: while a middleware holds the first message, a
+/// client sending large messages gets only about `max_payload` of them read (not
+/// `max_inbound_queue` messages of up to `max_payload` each); nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_ahead_is_bounded_in_bytes() {
+    let max_payload = 1 << 20;
+    let server = start(config().with_limits(Limits::default().max_payload(max_payload))).await;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    server.add_inbound_middleware(move |a: InboundAction| {
+        let g = g.clone();
+        async move {
+            if a.data::<Value>().ok().is_some_and(|d| d["i"] == 0) {
+                let _ = g.acquire().await.map(|p| p.forget());
+            }
+            Ok(a)
+        }
+    });
+    let c = open(&server).await;
+    let before = server.stats().messages_received;
+    let pad = "p".repeat(300 * 1024);
+    let n = 20u64;
+    let (mut tx, mut rx) = futures_util::StreamExt::split(c.ws);
+    let writer = tokio::spawn(async move {
+        for i in 0..n {
+            let m = json!({"event":"echo","data":{"i":i,"pad":pad},"cid":10+i}).to_string();
+            tx.send(Message::Text(m.into())).await.unwrap();
+        }
+        tx
+    });
+    eventually(|| server.stats().messages_received >= before + 2).await;
+    // give the server every chance to read more than it should
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let read = server.stats().messages_received - before;
+    // one in the middleware, then messages until 1 MiB is queued: 1 + 4 (300 KiB each)
+    assert!(read <= 5, "{read} messages of 300 KiB read ahead");
+    gate.add_permits(1);
+    for i in 0..n {
+        let v = loop {
+            match futures_util::StreamExt::next(&mut rx).await {
+                Some(Ok(Message::Text(t))) if !t.as_str().is_empty() => {
+                    break serde_json::from_str::<Value>(t.as_str()).unwrap();
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended: {other:?}"),
+            }
+        };
+        assert_eq!(v["rid"], 10 + i);
+    }
+    drop(writer.await.unwrap());
 }
 
 /// Bad input from docs/PROTOCOL.md 12 in one session: malformed JSON, binary frames,
@@ -347,4 +399,30 @@ async fn commands_reach_a_socket_whose_writes_are_blocked() {
     assert_eq!(closed.code, 1006);
     assert_eq!(server.stats().slow_consumer_disconnects, 0);
     drop(stalled);
+}
+
+/// A batch with `max_batch_items` elements is processed; one more element closes the
+/// socket with 1009 before any element is processed.
+#[tokio::test]
+async fn batch_item_limit_closes_with_1009() {
+    let server = start(config().with_limits(Limits::default().max_batch_items(3))).await;
+    let mut ok = open(&server).await;
+    let batch = |n: u64| {
+        let items: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"event":"echo","data":{i},"cid":{}}}"#, i + 10))
+            .collect();
+        format!("[{}]", items.join(","))
+    };
+    ok.send(&batch(3)).await;
+    for i in 0..3 {
+        assert_eq!(ok.json().await, json!({"rid": i + 10, "data": i}));
+    }
+    let mut bad = open(&server).await;
+    bad.send(&batch(4)).await;
+    // nothing of the batch is answered: the close comes first
+    assert_eq!(
+        bad.next().await,
+        Got::Close(1009, "Batch exceeds 3 items".into())
+    );
+    assert_eq!(ok.invoke("echo", json!("fine"), 2).await["data"], "fine");
 }

@@ -2,39 +2,24 @@
 //! bearer-key protected `/api/*` (publish, publish-batch, history, disconnect,
 //! deauthenticate, channels, stats).
 //!
-//! The listener reads each connection's HTTP request head, hands requests for the
-//! WebSocket path to the SocketCluster server (which performs the upgrade and all its
-//! checks) and serves everything else with hyper.
+//! Connections are accepted and routed in [`super::conn`]; this file has the handlers.
 
 // Handlers return `Result<_, Response>` so that a validation failure *is* the answer; it
 // is built once per bad request, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use socketcluster_rs_server::{RawValue, Server, Socket};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
-use super::rewind::Rewind;
-
-/// Largest HTTP request head accepted.
-const MAX_HEAD: usize = 16 * 1024;
-/// Time allowed for the TLS handshake and the request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Close code of `POST /api/disconnect` unless the request names one: 4500 and above
 /// tell the JS client not to reconnect.
 pub(crate) const DEFAULT_API_DISCONNECT_CODE: u16 = 4500;
@@ -50,119 +35,14 @@ pub(crate) struct Operator {
     pub(crate) metrics: Option<PrometheusHandle>,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) max_body: usize,
+    /// Time allowed for a whole request body, after its head (`--http-body-timeout`,
+    /// default 10 s): a client that sends it slower (or never ends a chunked body) gets
+    /// 408 and the connection is closed.
+    pub(crate) body_timeout: Duration,
     pub(crate) backplane: Option<HealthProbe>,
 }
 
-/// Accept connections until `stop` is cancelled.
-pub(crate) async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    op: Arc<Operator>,
-    stop: CancellationToken,
-) {
-    loop {
-        let (tcp, addr) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // e.g. EMFILE: back off instead of spinning
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let op = op.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move { handle_conn(tcp, addr, tls, op).await });
-    }
-}
-
-async fn handle_conn(
-    tcp: TcpStream,
-    addr: SocketAddr,
-    tls: Option<TlsAcceptor>,
-    op: Arc<Operator>,
-) {
-    let _ = tcp.set_nodelay(true);
-    match tls {
-        Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => route(stream, addr, true, op).await,
-            Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
-        },
-        None => route(tcp, addr, false, op).await,
-    }
-}
-
-/// Read the request head, then give the connection to the WebSocket server or to hyper.
-async fn route<S>(mut io: S, addr: SocketAddr, secure: bool, op: Arc<Operator>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut head = Vec::with_capacity(1024);
-    let read = tokio::time::timeout(HEAD_TIMEOUT, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = io.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<bool, std::io::Error>(false);
-            }
-            head.extend_from_slice(&buf[..n]);
-            if head.windows(4).any(|w| w == b"\r\n\r\n") {
-                return Ok(true);
-            }
-            if head.len() > MAX_HEAD {
-                return Ok(false);
-            }
-        }
-    })
-    .await;
-    if !matches!(read, Ok(Ok(true))) {
-        if head.len() > MAX_HEAD {
-            let _ = io
-                .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                .await;
-        }
-        return;
-    }
-    let path = request_path(&head).unwrap_or_default();
-    let io = Rewind::new(head, io);
-    if path == op.ws_path {
-        if op.shutting_down.load(Ordering::Acquire) {
-            let mut io = io;
-            let _ = io
-                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 13\r\nconnection: close\r\n\r\nShutting down")
-                .await;
-            return;
-        }
-        op.server.serve_connection(io, Some(addr), secure);
-        return;
-    }
-    let service = hyper::service::service_fn(move |req| {
-        let op = op.clone();
-        async move { Ok::<_, Infallible>(handle(req, &op).await) }
-    });
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
-        .serve_connection(TokioIo::new(io), service)
-        .await
-    {
-        tracing::debug!(%addr, error = %e, "HTTP connection error");
-    }
-}
-
-/// The path of the request target (query excluded).
-fn request_path(head: &[u8]) -> Option<String> {
-    let line_end = head.windows(2).position(|w| w == b"\r\n")?;
-    let line = std::str::from_utf8(&head[..line_end]).ok()?;
-    let target = line.split(' ').nth(1)?;
-    Some(target.split('?').next().unwrap_or(target).to_owned())
-}
-
-type Resp = Response<Full<Bytes>>;
+pub(super) type Resp = Response<Full<Bytes>>;
 
 fn json_response(status: StatusCode, body: &Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -178,7 +58,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     json_response(status, &json!({ "error": message.into() }))
 }
 
-async fn handle(req: Request<Incoming>, op: &Operator) -> Resp {
+pub(super) async fn handle(req: Request<Incoming>, op: &Operator) -> Resp {
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/health") => health(op),
@@ -267,19 +147,19 @@ async fn api(req: Request<Incoming>, op: &Operator) -> Resp {
         (Method::GET, "/api/channels") => channels(op),
         (Method::GET, "/api/stats") => stats(op),
         (Method::GET, "/api/history") => history(op, req.uri().query().unwrap_or("")).await,
-        (Method::POST, "/api/publish") => match body_json(req, op.max_body).await {
+        (Method::POST, "/api/publish") => match body_json(req, op).await {
             Ok(v) => publish(op, &v).await,
             Err(r) => r,
         },
-        (Method::POST, "/api/publish-batch") => match body_json(req, op.max_body).await {
+        (Method::POST, "/api/publish-batch") => match body_json(req, op).await {
             Ok(v) => publish_batch(op, &v).await,
             Err(r) => r,
         },
-        (Method::POST, "/api/disconnect") => match body_json(req, op.max_body).await {
+        (Method::POST, "/api/disconnect") => match body_json(req, op).await {
             Ok(v) => disconnect(op, &v),
             Err(r) => r,
         },
-        (Method::POST, "/api/deauthenticate") => match body_json(req, op.max_body).await {
+        (Method::POST, "/api/deauthenticate") => match body_json(req, op).await {
             Ok(v) => deauthenticate(op, &v).await,
             Err(r) => r,
         },
@@ -293,11 +173,20 @@ async fn api(req: Request<Incoming>, op: &Operator) -> Resp {
     }
 }
 
-/// Read and parse a JSON body (limited to `max` bytes).
-async fn body_json(req: Request<Incoming>, max: usize) -> Result<Value, Resp> {
-    let body = Limited::new(req.into_body(), max)
-        .collect()
-        .await
+/// Read and parse a JSON body (limited to `max_body` bytes and `body_timeout`).
+async fn body_json(req: Request<Incoming>, op: &Operator) -> Result<Value, Resp> {
+    let max = op.max_body;
+    let collect = Limited::new(req.into_body(), max).collect();
+    let Ok(body) = tokio::time::timeout(op.body_timeout, collect).await else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} ms",
+                op.body_timeout.as_millis()
+            ),
+        ));
+    };
+    let body = body
         .map_err(|_| {
             error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -627,19 +516,6 @@ fn stats(op: &Operator) -> Resp {
 mod tests {
     use super::*;
 
-    #[test]
-    fn request_path_ignores_the_query() {
-        assert_eq!(
-            request_path(b"GET /socketcluster/?a=1 HTTP/1.1\r\nHost: x\r\n\r\n").as_deref(),
-            Some("/socketcluster/")
-        );
-        assert_eq!(
-            request_path(b"POST /api/publish HTTP/1.1\r\n\r\n").as_deref(),
-            Some("/api/publish")
-        );
-        assert_eq!(request_path(b"garbage"), None);
-    }
-
     fn operator() -> Operator {
         Operator {
             server: Server::new(socketcluster_rs_server::ServerConfig::default()).unwrap(),
@@ -648,6 +524,7 @@ mod tests {
             metrics: None,
             shutting_down: AtomicBool::new(false),
             max_body: 1024,
+            body_timeout: Duration::from_secs(10),
             backplane: None,
         }
     }

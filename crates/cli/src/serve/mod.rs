@@ -1,5 +1,7 @@
 //! `socketcluster serve`: a standalone SocketCluster server.
 
+mod broker_setting;
+mod conn;
 pub(crate) mod http;
 mod metrics;
 mod rewind;
@@ -9,9 +11,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socketcluster_rs_server::Limits;
 use socketcluster_rs_server::auth::{AuthConfig, AuthKey, JwtAlgorithm};
 use socketcluster_rs_server::{HistoryConfig, HistoryRule, ProtocolVersion, Server, ServerConfig};
+use socketcluster_rs_server::{Limits, RateLimit};
 
 use settings::{Broker, InvalidSetting, LogFormat, ServeArgs, Settings};
 
@@ -35,7 +37,10 @@ fn history_config(s: &Settings) -> HistoryConfig {
 /// Turn validated settings into the server library's configuration. Reading key and
 /// certificate files happens here, so every failure names its setting.
 pub(crate) fn server_config(s: &Settings) -> Result<ServerConfig, InvalidSetting> {
-    let bad = |setting: &'static str, message: String| InvalidSetting { setting, message };
+    let bad = |setting: &'static str, message: String| InvalidSetting {
+        setting: setting.into(),
+        message,
+    };
     let algorithm: JwtAlgorithm = s.auth_algorithm.parse().map_err(|_| {
         bad(
             "auth-algorithm",
@@ -63,9 +68,25 @@ pub(crate) fn server_config(s: &Settings) -> Result<ServerConfig, InvalidSetting
         ),
         _ => None,
     };
+    let rate = |n: u32, burst: u32| {
+        (n > 0).then_some(RateLimit {
+            per_second: n,
+            burst: burst.max(1),
+        })
+    };
     let limits = Limits::default()
         .max_payload(s.max_payload)
-        .socket_channel_limit(Some(s.socket_channel_limit));
+        .socket_channel_limit(Some(s.socket_channel_limit))
+        .max_batch_items(s.max_batch_items)
+        .max_connections_per_ip((s.max_connections_per_ip > 0).then_some(s.max_connections_per_ip))
+        .handshake_rate_per_ip(rate(
+            s.handshake_rate_per_ip,
+            s.handshake_rate_per_ip.saturating_mul(4),
+        ))
+        .per_ip_limits_on_loopback(s.per_ip_limits_on_loopback)
+        .inbound_rate(rate(s.inbound_rate, s.inbound_rate))
+        .inbound_byte_rate(rate(s.inbound_byte_rate, s.inbound_byte_rate))
+        .throttle_close_after(Duration::from_millis(s.throttle_close_after));
     let version = if s.protocol_version == 1 {
         ProtocolVersion::V1
     } else {
@@ -307,10 +328,11 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
         metrics,
         shutting_down: std::sync::atomic::AtomicBool::new(false),
         max_body,
+        body_timeout: Duration::from_millis(settings.http_body_timeout),
         backplane,
     });
     let stop = tokio_util::sync::CancellationToken::new();
-    let accept = tokio::spawn(http::accept_loop(
+    let accept = tokio::spawn(conn::accept_loop(
         listener,
         tls,
         operator.clone(),

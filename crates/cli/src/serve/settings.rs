@@ -9,6 +9,8 @@ use clap::Args;
 use clap::builder::BoolishValueParser;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use super::broker_setting::Broker;
+
 /// Flags of `socketcluster serve`. Every flag can also be set with the environment
 /// variable named after it (`--ping-interval` -> `SOCKETCLUSTER_PING_INTERVAL`) or with the
 /// same key in the `--config` TOML file (`ping-interval = 8000`).
@@ -120,6 +122,36 @@ pub(crate) struct ServeArgs {
     /// with sharded pub/sub) or `nats://HOST:PORT[,...]`.
     #[arg(long, env = "SOCKETCLUSTER_BROKER")]
     broker: Option<String>,
+    /// Most elements in one inbound batch (JSON array message); more closes with 1009.
+    /// Default 4096.
+    #[arg(long, env = "SOCKETCLUSTER_MAX_BATCH_ITEMS")]
+    max_batch_items: Option<usize>,
+    /// Live WebSocket connections per remote IP; more get HTTP 429. 0 = unlimited.
+    /// Default 1000.
+    #[arg(long, env = "SOCKETCLUSTER_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
+    /// WebSocket upgrades per second per remote IP (burst: 4 seconds' worth); more get
+    /// HTTP 429. 0 = unlimited. Default 50.
+    #[arg(long, env = "SOCKETCLUSTER_HANDSHAKE_RATE_PER_IP")]
+    handshake_rate_per_ip: Option<u32>,
+    /// Apply the per-IP limits to loopback clients too (exempt by default).
+    #[arg(long, env = "SOCKETCLUSTER_PER_IP_LIMITS_ON_LOOPBACK", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    per_ip_limits_on_loopback: Option<bool>,
+    /// Inbound messages per second per socket (burst: one second's worth); above it the
+    /// socket is throttled. 0 = unlimited. Default 0.
+    #[arg(long, env = "SOCKETCLUSTER_INBOUND_RATE")]
+    inbound_rate: Option<u32>,
+    /// Inbound payload bytes per second per socket (burst: one second's worth); above it
+    /// the socket is throttled. 0 = unlimited. Default 0.
+    #[arg(long, env = "SOCKETCLUSTER_INBOUND_BYTE_RATE")]
+    inbound_byte_rate: Option<u32>,
+    /// A socket throttled this many ms without a break is closed with 1008. Default 10000.
+    #[arg(long, env = "SOCKETCLUSTER_THROTTLE_CLOSE_AFTER")]
+    throttle_close_after: Option<u64>,
+    /// Time in ms for a whole HTTP API request body; slower gets 408. Default 10000.
+    #[arg(long, env = "SOCKETCLUSTER_HTTP_BODY_TIMEOUT")]
+    http_body_timeout: Option<u64>,
 }
 
 /// The same settings as they appear in the TOML file (and in `--print-config`).
@@ -184,6 +216,22 @@ pub(crate) struct FileSettings {
     pub(crate) history_ttl: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) history_max_recovery: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_batch_items: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_connections_per_ip: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) handshake_rate_per_ip: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) per_ip_limits_on_loopback: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) inbound_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) inbound_byte_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) throttle_close_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) http_body_timeout: Option<u64>,
 }
 
 /// Log output format.
@@ -226,61 +274,21 @@ pub(crate) struct Settings {
     pub(crate) history_size: usize,
     pub(crate) history_ttl: u64,
     pub(crate) history_max_recovery: usize,
-}
-
-/// The pub/sub backplane.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Broker {
-    /// In-process (the default).
-    Local,
-    /// Redis nodes or a Redis Cluster (`redis://` / `rediss://` URLs).
-    Redis(Vec<String>),
-    /// A NATS server or cluster (`nats://` URLs, comma-separated).
-    Nats(String),
-}
-
-impl Broker {
-    fn parse(text: &str) -> Result<Broker, InvalidSetting> {
-        let t = text.trim();
-        if t.is_empty() || t == "local" {
-            return Ok(Broker::Local);
-        }
-        let urls: Vec<String> = t
-            .split(',')
-            .map(|u| u.trim().to_owned())
-            .filter(|u| !u.is_empty())
-            .collect();
-        let all = |prefixes: &[&str]| {
-            urls.iter()
-                .all(|u| prefixes.iter().any(|p| u.starts_with(p)))
-        };
-        if all(&["redis://", "rediss://"]) {
-            Ok(Broker::Redis(urls))
-        } else if all(&["nats://", "tls://"]) {
-            Ok(Broker::Nats(urls.join(",")))
-        } else {
-            Err(invalid(
-                "broker",
-                format!(
-                    "must be `local`, redis://HOST:PORT[,...] or nats://HOST:PORT[,...], got {text:?}"
-                ),
-            ))
-        }
-    }
-
-    fn as_setting(&self) -> String {
-        match self {
-            Broker::Local => "local".into(),
-            Broker::Redis(urls) => urls.join(","),
-            Broker::Nats(url) => url.clone(),
-        }
-    }
+    pub(crate) max_batch_items: usize,
+    pub(crate) max_connections_per_ip: usize,
+    pub(crate) handshake_rate_per_ip: u32,
+    pub(crate) per_ip_limits_on_loopback: bool,
+    pub(crate) inbound_rate: u32,
+    pub(crate) inbound_byte_rate: u32,
+    pub(crate) throttle_close_after: u64,
+    pub(crate) http_body_timeout: u64,
 }
 
 /// An invalid setting: the message names it. `serve` exits with status 2.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct InvalidSetting {
-    pub(crate) setting: &'static str,
+    /// The setting's name (its flag without `--`, which is also its TOML key).
+    pub(crate) setting: String,
     pub(crate) message: String,
 }
 
@@ -294,11 +302,30 @@ impl fmt::Display for InvalidSetting {
     }
 }
 
-fn invalid(setting: &'static str, message: impl Into<String>) -> InvalidSetting {
+fn invalid(setting: impl Into<String>, message: impl Into<String>) -> InvalidSetting {
     InvalidSetting {
-        setting,
+        setting: setting.into(),
         message: message.into(),
     }
+}
+
+/// The TOML key a parse error is about: the key of the `key = value` line the error's
+/// span is on (or, for a value spanning lines, the last such line before it).
+fn toml_error_key(text: &str, e: &toml::de::Error) -> Option<String> {
+    let span = e.span()?;
+    let line_end = text[span.start..]
+        .find('\n')
+        .map_or(text.len(), |i| span.start + i);
+    let upto = text.get(..line_end)?;
+    upto.lines().rev().find_map(|line| {
+        let (key, _) = line.split_once('=')?;
+        let key = key.trim().trim_matches(['"', '\'']);
+        let bare = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        bare.then(|| key.to_owned())
+    })
 }
 
 const ALGORITHMS: &[&str] = &[
@@ -315,10 +342,16 @@ impl ServeArgs {
         let text = std::fs::read_to_string(path)
             .map_err(|e| invalid("config", format!("cannot read {}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| {
-            invalid(
-                "config",
-                format!("{}: {}", path.display(), e.message().trim_end()),
-            )
+            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+            let place = match line {
+                Some(l) => format!("{}, line {l}", path.display()),
+                None => path.display().to_string(),
+            };
+            let message = format!("{} (in {place})", e.message().trim_end());
+            match toml_error_key(&text, &e) {
+                Some(key) => invalid(key, message),
+                None => invalid("config", message),
+            }
         })
     }
 
@@ -408,7 +441,8 @@ impl ServeArgs {
                     .as_deref()
                     .or(file.broker.as_deref())
                     .unwrap_or("local"),
-            )?,
+            )
+            .map_err(|m| invalid("broker", m))?,
             history: pick_vec(&a.history, file.history),
             history_size: a.history_size.or(file.history_size).unwrap_or(100),
             history_ttl: a.history_ttl.or(file.history_ttl).unwrap_or(300),
@@ -416,6 +450,24 @@ impl ServeArgs {
                 .history_max_recovery
                 .or(file.history_max_recovery)
                 .unwrap_or(300),
+            max_batch_items: a.max_batch_items.or(file.max_batch_items).unwrap_or(4096),
+            max_connections_per_ip: (a.max_connections_per_ip)
+                .or(file.max_connections_per_ip)
+                .unwrap_or(1000),
+            handshake_rate_per_ip: (a.handshake_rate_per_ip)
+                .or(file.handshake_rate_per_ip)
+                .unwrap_or(50),
+            per_ip_limits_on_loopback: (a.per_ip_limits_on_loopback)
+                .or(file.per_ip_limits_on_loopback)
+                .unwrap_or(false),
+            inbound_rate: a.inbound_rate.or(file.inbound_rate).unwrap_or(0),
+            inbound_byte_rate: a.inbound_byte_rate.or(file.inbound_byte_rate).unwrap_or(0),
+            throttle_close_after: (a.throttle_close_after)
+                .or(file.throttle_close_after)
+                .unwrap_or(10_000),
+            http_body_timeout: (a.http_body_timeout)
+                .or(file.http_body_timeout)
+                .unwrap_or(10_000),
         };
         s.validate()?;
         Ok(s)
@@ -529,6 +581,15 @@ impl Settings {
         if self.max_payload < 1024 {
             return Err(invalid("max-payload", "must be at least 1024 bytes"));
         }
+        if self.max_batch_items == 0 {
+            return Err(invalid("max-batch-items", "must be greater than 0"));
+        }
+        if self.throttle_close_after == 0 {
+            return Err(invalid("throttle-close-after", "must be greater than 0"));
+        }
+        if self.http_body_timeout == 0 {
+            return Err(invalid("http-body-timeout", "must be greater than 0"));
+        }
         if self.http_api_key.as_deref() == Some("") {
             return Err(invalid("http-api-key", "must not be empty"));
         }
@@ -599,6 +660,14 @@ impl Settings {
             history_size: Some(self.history_size),
             history_ttl: Some(self.history_ttl),
             history_max_recovery: Some(self.history_max_recovery),
+            max_batch_items: Some(self.max_batch_items),
+            max_connections_per_ip: Some(self.max_connections_per_ip),
+            handshake_rate_per_ip: Some(self.handshake_rate_per_ip),
+            per_ip_limits_on_loopback: Some(self.per_ip_limits_on_loopback),
+            inbound_rate: Some(self.inbound_rate),
+            inbound_byte_rate: Some(self.inbound_byte_rate),
+            throttle_close_after: Some(self.throttle_close_after),
+            http_body_timeout: Some(self.http_body_timeout),
         };
         toml::to_string(&f).unwrap_or_default()
     }
@@ -688,6 +757,75 @@ mod tests {
             .resolve(FileSettings::default())
             .unwrap_err();
         assert_eq!(e.setting, "busy-poll-us");
+    }
+
+    #[test]
+    fn abuse_limits_have_defaults_and_come_from_flags_env_or_file() {
+        let s = args(&[]).resolve(FileSettings::default()).unwrap();
+        assert_eq!(
+            (
+                s.max_batch_items,
+                s.max_connections_per_ip,
+                s.handshake_rate_per_ip
+            ),
+            (4096, 1000, 50)
+        );
+        assert_eq!((s.inbound_rate, s.inbound_byte_rate), (0, 0));
+        assert_eq!(
+            (s.throttle_close_after, s.http_body_timeout),
+            (10_000, 10_000)
+        );
+        assert!(!s.per_ip_limits_on_loopback);
+        let file: FileSettings = toml::from_str(
+            "max-connections-per-ip = 5\ninbound-rate = 100\nper-ip-limits-on-loopback = true",
+        )
+        .unwrap();
+        let s = args(&["--inbound-rate", "7", "--max-batch-items", "10"])
+            .resolve(file)
+            .unwrap();
+        assert_eq!((s.max_connections_per_ip, s.inbound_rate), (5, 7));
+        assert_eq!(s.max_batch_items, 10);
+        assert!(s.per_ip_limits_on_loopback);
+        let e = args(&["--max-batch-items", "0"])
+            .resolve(FileSettings::default())
+            .unwrap_err();
+        assert_eq!(e.setting, "max-batch-items");
+        // the printed configuration round-trips
+        let back: FileSettings = toml::from_str(&s.to_redacted_toml()).unwrap();
+        assert_eq!(back.inbound_rate, Some(7));
+    }
+
+    #[test]
+    fn toml_errors_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("sc-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        for (text, key, line) in [
+            ("host = \"0.0.0.0\"\nport = \"not-a-number\"\n", "port", 2),
+            ("max-payload = -1\n", "max-payload", 1),
+            ("no-client-publish = \"yes\"\n", "no-client-publish", 1),
+            ("history = [\n  \"a/*\",\n  5,\n]\n", "history", 3),
+            ("bogus = 1\n", "bogus", 1),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let mut a = args(&[]);
+            a.config = Some(path.clone());
+            let e = a.file_settings().unwrap_err();
+            assert_eq!(e.setting, key, "{text}: {e}");
+            let shown = e.to_string();
+            assert!(
+                shown.starts_with(&format!("invalid configuration: {key}: ")),
+                "{shown}"
+            );
+            assert!(shown.contains(&format!("line {line})")), "{shown}");
+        }
+        // not about one key: the file is named
+        std::fs::write(&path, "port = \n").unwrap();
+        let mut a = args(&[]);
+        a.config = Some(path.clone());
+        let e = a.file_settings().unwrap_err();
+        assert!(e.to_string().starts_with("invalid configuration: "), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the socket task (state, events, pending invokes, subscriptions).
 
 use socketcluster_rs_protocol::CloseCode;
+use tokio::time::Instant;
 
 use crate::error::InvokeError;
 use crate::events::ServerEvent;
@@ -87,8 +88,10 @@ impl SocketTask {
         if closing.sent_frame || closing.by_peer {
             // Let the close handshake complete: our close frame (queued behind any
             // earlier frames) goes out, and the peer's close (or its reply) comes in.
-            let timeout = self.server.config.limits.close_timeout;
-            let _ = tokio::time::timeout(timeout, async {
+            let limits = &self.server.config.limits;
+            let deadline = Instant::now() + limits.close_timeout;
+            let mut budget = limits.linger_bytes();
+            let _ = tokio::time::timeout_at(deadline, async {
                 loop {
                     let ev = IoPoll {
                         ws: &mut self.ws,
@@ -104,6 +107,9 @@ impl SocketTask {
                         _ => break,
                     }
                 }
+                // No more messages are read (the peer closed, or its input was bad):
+                // linger until the peer closes its side (RFC 6455 §7.1.1).
+                std::future::poll_fn(|cx| self.ws.poll_linger(cx, &mut budget)).await;
             })
             .await;
         }

@@ -7,18 +7,19 @@
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use socketcluster_rs_protocol::codec::{self, BatchItem, Frame};
+use socketcluster_rs_protocol::codec::{self, BatchItem, Indexed};
 use socketcluster_rs_protocol::reserved;
 use socketcluster_rs_protocol::{EventPacket, Packet};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::InvokeError;
+use crate::limits::CLOSE_MESSAGE_TOO_BIG;
 use crate::middleware::{Block, InboundRawAction};
 use crate::socket::{MessageKind, SocketState, free_if_empty};
 
-use super::SocketTask;
 use super::output::wire_invalid_action;
 use super::step::{Gate, Resume, gate};
+use super::{PendingBatch, SocketTask};
 
 /// One inbound WebSocket message, as queued.
 pub(super) enum Inbound {
@@ -27,10 +28,27 @@ pub(super) enum Inbound {
     Binary(Bytes),
 }
 
+impl Inbound {
+    /// Payload size.
+    fn len(&self) -> usize {
+        match self {
+            Inbound::Pong => 0,
+            Inbound::Text(t) => t.len(),
+            Inbound::Binary(b) => b.len(),
+        }
+    }
+}
+
 impl SocketTask {
     pub(super) fn drain(&mut self) {
         while self.step.is_none() && self.closing.is_none() {
-            if let Some(item) = self.batch.pop_front() {
+            if let Some(b) = &mut self.batch {
+                if b.next >= b.index.len() {
+                    self.batch = None;
+                    continue;
+                }
+                let item = b.index.item(b.text.as_str(), b.next);
+                b.next += 1;
                 match item {
                     BatchItem::Packet(p) => self.process_packet(p),
                     BatchItem::Raw => self.on_raw(),
@@ -40,6 +58,7 @@ impl SocketTask {
             let Some(inbound) = self.inbox.pop_front() else {
                 break;
             };
+            self.inbox_bytes -= inbound.len();
             self.handle_inbound(inbound);
         }
         // Only a socket whose processing waited (middleware, broker) used the read-ahead
@@ -56,10 +75,11 @@ impl SocketTask {
         if self.step.is_none()
             && self.closing.is_none()
             && self.inbox.is_empty()
-            && self.batch.is_empty()
+            && self.batch.is_none()
         {
             self.handle_inbound(inbound);
         } else {
+            self.inbox_bytes += inbound.len();
             self.inbox.push_back(inbound);
         }
     }
@@ -90,12 +110,15 @@ impl SocketTask {
             }
             Inbound::Text(t) => {
                 self.shared.offer_message(MessageKind::All, t.as_str());
-                self.process_text(t.as_str());
+                self.process_text(t);
             }
             Inbound::Binary(b) => {
-                let text = String::from_utf8_lossy(&b);
-                self.shared.offer_message(MessageKind::All, &text);
-                self.process_text(&text);
+                let text = match String::from_utf8_lossy(&b) {
+                    std::borrow::Cow::Borrowed(_) => Utf8Bytes::try_from(b).unwrap_or_default(),
+                    lossy => Utf8Bytes::from(lossy.into_owned()),
+                };
+                self.shared.offer_message(MessageKind::All, text.as_str());
+                self.process_text(text);
             }
         }
     }
@@ -121,7 +144,7 @@ impl SocketTask {
                 if !action.binary && action.message == self.version.pong() {
                     self.on_pong();
                 } else {
-                    self.process_text(&action.message);
+                    self.process_text(Utf8Bytes::from(action.message));
                 }
             }
             Err(block) => self.warn_wire(&block.into_wire("message", "inboundRaw")),
@@ -141,12 +164,31 @@ impl SocketTask {
         }
     }
 
-    pub(super) fn process_text(&mut self, text: &str) {
-        match codec::decode_message(text) {
-            Frame::Packet(p) => self.process_packet(p),
-            Frame::Batch(items) => self.batch.extend(items),
-            Frame::Raw | Frame::Heartbeat => {
-                self.shared.offer_message(MessageKind::Raw, text);
+    pub(super) fn process_text(&mut self, text: Utf8Bytes) {
+        let max = self.server.config.limits.max_batch_items;
+        match codec::index_message(text.as_str(), max) {
+            Indexed::Packet(p) => self.process_packet(p),
+            Indexed::Batch(index) => {
+                if !index.is_empty() {
+                    self.batch = Some(Box::new(PendingBatch {
+                        text,
+                        index,
+                        next: 0,
+                    }));
+                }
+            }
+            Indexed::TooManyItems { items } => {
+                tracing::info!(
+                    socket = %self.shared.id,
+                    items,
+                    max,
+                    "batch with too many items: closing"
+                );
+                crate::metrics::limit_exceeded("batch_items");
+                self.close(CLOSE_MESSAGE_TOO_BIG, &format!("Batch exceeds {max} items"));
+            }
+            Indexed::Raw => {
+                self.shared.offer_message(MessageKind::Raw, text.as_str());
                 self.on_raw();
             }
         }

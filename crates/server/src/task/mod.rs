@@ -39,14 +39,16 @@ mod timer;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use socketcluster_rs_protocol::codec::BatchItem;
+use socketcluster_rs_protocol::codec::BatchIndex;
 use socketcluster_rs_protocol::{CidAllocator, ProtocolVersion, RawValue};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Interval, Sleep};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::InvokeError;
 use crate::events::ServerEvent;
@@ -65,6 +67,35 @@ type Ws = ServerWs;
 /// Where the answer to a server -> client invoke goes.
 type InvokeReply = oneshot::Sender<Result<Option<Box<RawValue>>, InvokeError>>;
 
+/// A batch whose elements are decoded one at a time, as they are processed: memory is
+/// the frame text plus 16 bytes per element (at most `Limits::max_batch_items`).
+struct PendingBatch {
+    text: Utf8Bytes,
+    index: BatchIndex,
+    next: usize,
+}
+
+/// The inbound rate limits of one socket.
+struct RateState {
+    messages: Option<Bucket>,
+    bytes: Option<Bucket>,
+    /// Since when every message has been over budget (the socket is throttled).
+    throttled_since: Option<Instant>,
+}
+
+impl RateState {
+    fn new(limits: &crate::limits::Limits) -> Option<Box<RateState>> {
+        if limits.inbound_rate.is_none() && limits.inbound_byte_rate.is_none() {
+            return None;
+        }
+        Some(Box::new(RateState {
+            messages: limits.inbound_rate.map(Bucket::new),
+            bytes: limits.inbound_byte_rate.map(Bucket::new),
+            throttled_since: None,
+        }))
+    }
+}
+
 /// How the socket is closing.
 struct Closing {
     code: u16,
@@ -77,7 +108,12 @@ struct Closing {
 
 /// Start the task of a freshly upgraded WebSocket (the socket is connecting until its
 /// `#handshake` completes).
-pub(crate) fn spawn(state: &Arc<ServerState>, ws: ServerWs, request: StoredRequest) {
+pub(crate) fn spawn(
+    state: &Arc<ServerState>,
+    ws: ServerWs,
+    request: StoredRequest,
+    remote_ip: Option<IpAddr>,
+) {
     let link: std::sync::Weak<ServerState> = Arc::downgrade(state);
     let shared = Arc::new(SocketShared::new(
         state.hub.next_key(),
@@ -98,7 +134,8 @@ pub(crate) fn spawn(state: &Arc<ServerState>, ws: ServerWs, request: StoredReque
         None => tracing::info!(socket = %shared.id, "connection accepted"),
     }
     state.sockets.socket_started();
-    let task = SocketTask::new(state.clone(), shared.clone(), ws);
+    let mut task = SocketTask::new(state.clone(), shared.clone(), ws);
+    task.remote_ip = remote_ip;
     state.emit(ServerEvent::Handshake {
         socket: Socket { shared },
     });
@@ -117,7 +154,12 @@ struct SocketTask {
     cids: CidAllocator,
     pending: HashMap<u64, (String, InvokeReply)>,
     inbox: VecDeque<Inbound>,
-    batch: VecDeque<BatchItem>,
+    /// Payload bytes in `inbox`: reading pauses at `max_payload`, so that read-ahead
+    /// holds at most about twice the max payload, however small the message count.
+    inbox_bytes: usize,
+    /// The batch being processed, one element at a time (boxed: most sockets never
+    /// have one).
+    batch: Option<Box<PendingBatch>>,
     step: Option<StepFuture>,
     closing: Option<Closing>,
     version: ProtocolVersion,
@@ -133,7 +175,10 @@ struct SocketTask {
     handshake_deadline: Timer,
     /// The token's expiry (when it has one and the expiry timer is on).
     expiry: Timer,
-    bucket: Option<Bucket>,
+    /// Inbound rate limits, when configured (boxed: off by default).
+    rate: Option<Box<RateState>>,
+    /// The remote address counted by the per-IP limits, released when the task ends.
+    remote_ip: Option<IpAddr>,
     /// Reading pauses while armed (inbound rate limit).
     throttle: Timer,
     /// The periodic batch flush (docs/PROTOCOL.md 8.5), while it runs.
@@ -160,7 +205,8 @@ impl SocketTask {
             cids: CidAllocator::new(),
             pending: HashMap::new(),
             inbox: VecDeque::new(),
-            batch: VecDeque::new(),
+            inbox_bytes: 0,
+            batch: None,
             step: None,
             closing: None,
             version: cfg.protocol_version,
@@ -170,7 +216,8 @@ impl SocketTask {
             pong_deadline,
             handshake_deadline: Timer::armed_at(now + cfg.handshake_timeout),
             expiry: Timer::default(),
-            bucket: cfg.limits.inbound_rate.map(Bucket::new),
+            rate: RateState::new(&cfg.limits),
+            remote_ip: None,
             throttle: Timer::default(),
             batch_tick: None,
             batch_window: Timer::default(),
@@ -189,7 +236,9 @@ impl SocketTask {
                 if self.closing.is_some() {
                     break;
                 }
-                let can_read = self.inbox.len() < self.server.config.limits.max_inbound_queue
+                let limits = &self.server.config.limits;
+                let can_read = self.inbox.len() < limits.max_inbound_queue
+                    && self.inbox_bytes < limits.max_payload
                     && !self.throttle.is_armed();
                 tokio::select! {
                     biased;
@@ -238,6 +287,9 @@ impl SocketTask {
 
 impl Drop for SocketTask {
     fn drop(&mut self) {
+        if let Some(ip) = self.remote_ip.take() {
+            self.server.per_ip.release(ip);
+        }
         // However the task ends (also when its runtime shuts down): nothing more is
         // accepted, and `Socket::closed` waiters are released.
         self.shared.outbox.shut();

@@ -180,7 +180,6 @@ impl SocketTask {
         free_if_empty(&mut self.wstate.out);
         self.shared.outbox.trim();
         free_if_empty(&mut self.inbox);
-        free_if_empty(&mut self.batch);
     }
 
     pub(super) fn on_overflow(&mut self) {
@@ -213,6 +212,7 @@ impl SocketTask {
         let stats = &self.server.stats;
         match msg {
             WsMessage::Text(t) => {
+                let len = t.len();
                 stats.messages_received.fetch_add(1, Ordering::Relaxed);
                 stats
                     .bytes_received
@@ -224,16 +224,17 @@ impl SocketTask {
                     self.maybe_reset_pong_deadline();
                     self.on_inbound(Inbound::Text(t));
                 }
-                self.account_rate();
+                self.account_rate(len);
             }
             WsMessage::Binary(b) => {
+                let len = b.len();
                 stats.messages_received.fetch_add(1, Ordering::Relaxed);
                 stats
                     .bytes_received
                     .fetch_add(b.len() as u64, Ordering::Relaxed);
                 self.maybe_reset_pong_deadline();
                 self.on_inbound(Inbound::Binary(b));
-                self.account_rate();
+                self.account_rate(len);
             }
             WsMessage::Close(frame) => {
                 let (code, reason) = frame.unwrap_or((1005, String::new()));
@@ -247,11 +248,36 @@ impl SocketTask {
         }
     }
 
-    pub(super) fn account_rate(&mut self) {
-        if let Some(b) = &mut self.bucket
-            && let Some(wait) = b.take()
-        {
-            self.throttle.arm(Instant::now() + wait);
+    /// Inbound rate limits: a message over budget stops reading until the budget has
+    /// refilled (throttling); a socket throttled for `throttle_close_after` without a
+    /// break is closed with 1008.
+    pub(super) fn account_rate(&mut self, bytes: usize) {
+        let Some(r) = &mut self.rate else { return };
+        let wait_msgs = r.messages.as_mut().and_then(|b| b.take());
+        let wait_bytes = r.bytes.as_mut().and_then(|b| b.take_n(bytes));
+        let Some(wait) = wait_msgs.max(wait_bytes) else {
+            r.throttled_since = None;
+            return;
+        };
+        let now = Instant::now();
+        let since = match r.throttled_since {
+            Some(since) => since,
+            None => {
+                crate::metrics::throttled();
+                *r.throttled_since.insert(now)
+            }
+        };
+        if now.duration_since(since) >= self.server.config.limits.throttle_close_after {
+            let limit = if wait_bytes > wait_msgs {
+                "inbound_byte_rate"
+            } else {
+                "inbound_rate"
+            };
+            crate::metrics::limit_exceeded(limit);
+            tracing::info!(socket = %self.shared.id, limit, "closing a socket throttled for too long");
+            self.close(CLOSE_POLICY_VIOLATION, "Inbound rate limit exceeded");
+        } else {
+            self.throttle.arm(now + wait);
         }
     }
 

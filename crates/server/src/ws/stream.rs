@@ -40,6 +40,8 @@ const FALLBACK_READ: usize = 4 * 1024;
 const READ_DONE: u8 = 1;
 /// Our close frame has been queued: no more frames may be sent.
 const CLOSE_SENT: u8 = 2;
+/// Our side of the connection has been shut down (lingering close).
+const WRITE_SHUT: u8 = 4;
 
 thread_local! {
     /// Read buffer shared by every socket polled on this thread; zeroed once, when the
@@ -113,8 +115,8 @@ impl ServerWs {
     ///   [`poll_flush`](Self::poll_flush)): pongs and close replies reach the peer even
     ///   if the caller writes nothing. If that write fails while no message is ready,
     ///   the failure is returned as [`WsError::Io`].
-    /// * A close frame is answered with a close frame echoing its code (none if it had
-    ///   no payload), unless ours was already sent, and returned as
+    /// * A close frame is answered with a close frame echoing its code and reason
+    ///   (nothing if it had no payload), unless ours was already sent, and returned as
     ///   [`WsMessage::Close`]. Afterwards the read side has ended.
     /// * EOF: `None`. After an error, the read side has ended as well.
     ///
@@ -214,6 +216,36 @@ impl ServerWs {
     /// connection.
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         self.poll_flush_io(cx).map_err(WsError::Io)
+    }
+
+    /// Lingering close (RFC 6455 §7.1.1), once no more messages will be read: writes
+    /// out what is buffered (our close frame), shuts our side of the connection down,
+    /// then reads and discards whatever the peer still sends until it closes its side
+    /// (EOF), an error, or `budget` bytes have been discarded. A peer that is still
+    /// sending when we close thereby receives our close frame instead of a TCP reset
+    /// (which the kernel sends when a socket is closed with unread data, and which can
+    /// make the peer lose what it had not read yet). The caller bounds the time.
+    pub(crate) fn poll_linger(&mut self, cx: &mut Context<'_>, budget: &mut usize) -> Poll<()> {
+        self.end_read();
+        if self.flags & WRITE_SHUT == 0 {
+            if ready!(self.flush_buffered(cx)).is_err() {
+                return Poll::Ready(());
+            }
+            if ready!(Pin::new(&mut self.io).poll_shutdown(cx)).is_err() {
+                return Poll::Ready(());
+            }
+            self.flags |= WRITE_SHUT;
+        }
+        let mut buf = [0u8; 8 * 1024];
+        loop {
+            let mut rb = ReadBuf::new(&mut buf);
+            match ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb)) {
+                Ok(()) if !rb.filled().is_empty() && rb.filled().len() < *budget => {
+                    *budget -= rb.filled().len();
+                }
+                _ => return Poll::Ready(()),
+            }
+        }
     }
 
     // ----- writing -----
@@ -458,8 +490,9 @@ impl ServerWs {
             }
             Assembled::Close(close) => {
                 if self.flags & CLOSE_SENT == 0 {
-                    let code = close.as_ref().map(|(code, _)| code.to_be_bytes());
-                    self.push_frame(OP_CLOSE, code.as_ref().map_or(&[][..], |c| &c[..]));
+                    // Echo the code and the reason (the whole, validated payload), like
+                    // the JS server.
+                    self.push_frame(OP_CLOSE, payload);
                     self.flags |= CLOSE_SENT;
                 }
                 self.flags |= READ_DONE;

@@ -495,7 +495,10 @@ async fn peer_initiated_close_is_echoed() {
         Err(WsError::Closed)
     ));
     match client.next().await {
-        Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 4100),
+        // code and reason, like the JS server (`ws` echoes the whole close payload)
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!((u16::from(f.code), f.reason.as_str()), (4100, "bye"))
+        }
         other => panic!("expected the echoed close, got {other:?}"),
     }
     assert!(is_idle(&ws), "{:?}", ws.buffer_state());
