@@ -51,6 +51,8 @@ pub(crate) struct Operator {
     pub(crate) shutting_down: AtomicBool,
     pub(crate) max_body: usize,
     pub(crate) backplane: Option<HealthProbe>,
+    /// Backend proxy hooks (`--proxy-*`), reported like the backplane.
+    pub(crate) proxy: Option<HealthProbe>,
 }
 
 /// Accept connections until `stop` is cancelled.
@@ -201,6 +203,13 @@ fn health(op: &Operator) -> Resp {
         body["backplane"] = detail;
         if !up && ok {
             // still accepting connections and serving local traffic: report, don't fail
+            body["status"] = json!("degraded");
+        }
+    }
+    if let Some(probe) = &op.proxy {
+        let (up, detail) = probe();
+        body["proxy"] = detail;
+        if !up && ok {
             body["status"] = json!("degraded");
         }
     }
@@ -649,6 +658,7 @@ mod tests {
             shutting_down: AtomicBool::new(false),
             max_body: 1024,
             backplane: None,
+            proxy: None,
         }
     }
 

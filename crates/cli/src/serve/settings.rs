@@ -9,6 +9,8 @@ use clap::Args;
 use clap::builder::BoolishValueParser;
 use serde::{Deserialize, Serialize};
 
+use super::proxy_settings::{ProxyArgs, ProxyFile, ProxySettings};
+
 /// Flags of `socketcluster serve`. Every flag can also be set with the environment
 /// variable named after it (`--ping-interval` -> `SOCKETCLUSTER_PING_INTERVAL`) or with the
 /// same key in the `--config` TOML file (`ping-interval = 8000`).
@@ -120,6 +122,8 @@ pub(crate) struct ServeArgs {
     /// with sharded pub/sub) or `nats://HOST:PORT[,...]`.
     #[arg(long, env = "SOCKETCLUSTER_BROKER")]
     broker: Option<String>,
+    #[command(flatten)]
+    proxy: ProxyArgs,
 }
 
 /// The same settings as they appear in the TOML file (and in `--print-config`).
@@ -184,6 +188,8 @@ pub(crate) struct FileSettings {
     pub(crate) history_ttl: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) history_max_recovery: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) proxy: Option<ProxyFile>,
 }
 
 /// Log output format.
@@ -226,6 +232,7 @@ pub(crate) struct Settings {
     pub(crate) history_size: usize,
     pub(crate) history_ttl: u64,
     pub(crate) history_max_recovery: usize,
+    pub(crate) proxy: ProxySettings,
 }
 
 /// The pub/sub backplane.
@@ -416,6 +423,10 @@ impl ServeArgs {
                 .history_max_recovery
                 .or(file.history_max_recovery)
                 .unwrap_or(300),
+            proxy: a.proxy.resolve(file.proxy).map_err(|e| InvalidSetting {
+                setting: e.setting,
+                message: e.message,
+            })?,
         };
         s.validate()?;
         Ok(s)
@@ -599,6 +610,10 @@ impl Settings {
             history_size: Some(self.history_size),
             history_ttl: Some(self.history_ttl),
             history_max_recovery: Some(self.history_max_recovery),
+            proxy: self.proxy.is_enabled().then(|| ProxyFile {
+                secret: redact(&self.proxy.secret),
+                ..self.proxy.clone()
+            }),
         };
         toml::to_string(&f).unwrap_or_default()
     }
