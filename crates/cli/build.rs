@@ -50,10 +50,10 @@ fn from_git(dir: &Path) -> Option<String> {
             println!("cargo:rerun-if-changed={p}");
         }
     }
-    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", &branch]) {
-            println!("cargo:rerun-if-changed={p}");
-        }
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
+        && let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", &branch])
+    {
+        println!("cargo:rerun-if-changed={p}");
     }
     Some(short(&sha))
 }
