@@ -22,8 +22,12 @@ struct Backend {
 
 async fn backend(secret: &str) -> Backend {
     ensure_npm_installed();
-    let mut child = Command::new("node")
-        .arg(interop_dir().join("proxy_backend.js"))
+    spawn_backend("node", "proxy_backend.js", secret).await
+}
+
+async fn spawn_backend(program: &str, script: &str, secret: &str) -> Backend {
+    let mut child = Command::new(program)
+        .arg(interop_dir().join(script))
         .env("PROXY_SECRET", secret)
         .env("PORT", "0")
         .stdout(Stdio::piped())
@@ -282,5 +286,90 @@ async fn a_resubscribe_storm_costs_a_handful_of_backend_calls() {
         calls <= 10,
         "{calls} backend calls for {} subscriptions",
         2 * n * 10
+    );
+}
+
+/// The README example verbatim: `interop/proxy_backend.py` behind `serve`, used by the
+/// unchanged JS client.
+#[tokio::test]
+async fn the_readme_python_backend_works_with_the_js_client() {
+    ensure_npm_installed();
+    let b = spawn_backend("python3", "proxy_backend.py", SECRET).await;
+    let url = b.url();
+    let serve = Serve::start(&[
+        "--port",
+        "0",
+        "--auth-key",
+        "server-key",
+        "--proxy-secret",
+        SECRET,
+        "--proxy-rpc",
+        &url,
+        "--proxy-rpc-patterns",
+        "login,whoami",
+        "--proxy-subscribe",
+        &url,
+        "--proxy-subscribe-patterns",
+        "private/*",
+        "--proxy-publish",
+        &url,
+        "--proxy-publish-patterns",
+        "chat/*",
+    ])
+    .await;
+    let run = run_js_client(json!({
+        "url": serve.url(),
+        "timeoutMs": 30000,
+        "steps": [
+            {"op": "waitEvent", "name": "connect"},
+            {"op": "invoke", "procedure": "login", "data": {"username": "alice", "password": "bad"}},
+            {"op": "invoke", "procedure": "login", "data": {"username": "alice", "password": "secret"}},
+            {"op": "waitEvent", "name": "authStateChange"},
+            {"op": "invoke", "procedure": "whoami"},
+            {"op": "subscribe", "channel": "private/alice", "wait": true},
+            {"op": "subscribe", "channel": "private/bob"},
+            {"op": "waitEvent", "name": "subscribeFail"},
+            {"op": "subscribe", "channel": "chat/main", "wait": true},
+            {"op": "publish", "channel": "chat/main", "data": {"text": "hi"}},
+            {"op": "waitPublish", "channel": "chat/main"},
+            {"op": "invoke", "procedure": "other"},
+        ],
+    }))
+    .await;
+    let e = error_of(&run, 1);
+    assert_eq!(
+        (e["name"].as_str(), e["field"].as_str()),
+        (Some("LoginError"), Some("password")),
+        "{}",
+        run.dump()
+    );
+    assert_eq!(run.step_result(2), &json!("welcome"), "{}", run.dump());
+    assert_eq!(run.step_result(4), &json!("alice"));
+    assert!(run.step(5)["ok"].as_bool().unwrap(), "{}", run.dump());
+    assert!(
+        run.client_events_named("subscribeFail")[0]
+            .to_string()
+            .contains("ForbiddenError")
+    );
+    assert_eq!(
+        run.publications("chat/main"),
+        vec![json!({"text": "hi", "from": "alice"})]
+    );
+    assert_eq!(error_of(&run, 11)["name"], "UnhandledProcedureError");
+    // a request signed with another key is refused by the backend
+    let serve = Serve::start(&[
+        "--port",
+        "0",
+        "--proxy-secret",
+        "other",
+        "--proxy-rpc",
+        &url,
+    ])
+    .await;
+    let out = run_cli(&["invoke", "--url", &serve.url(), "whoami"], None).await;
+    assert!(
+        out.stderr.contains("ProxyBadResponseError"),
+        "{}",
+        out.stderr
     );
 }
