@@ -8,6 +8,11 @@ const {hostname, port, pathname} = new URL(url);
 function allSubscribed(sockets) {
   return sockets.every((s) => s.subscriptions(false).length === 10);
 }
+function progress(sockets) {
+  const open = sockets.filter((s) => s.state === 'open').length;
+  const subs = sockets.reduce((n, s) => n + s.subscriptions(false).length, 0);
+  return `${open} open, ${subs} subscriptions`;
+}
 function waitUntil(pred, what, ms = 120000) {
   const deadline = Date.now() + ms;
   return new Promise((resolve, reject) => {
@@ -25,11 +30,15 @@ function waitUntil(pred, what, ms = 120000) {
     for (let c = 0; c < 10; c++) s.subscribe(`room/${c}`);
     sockets.push(s);
   }
-  await waitUntil(() => allSubscribed(sockets), 'first subscriptions');
-  console.log(JSON.stringify({phase: 'subscribed', sockets: n}));
+  let t0 = Date.now();
+  await waitUntil(() => allSubscribed(sockets), 'first subscriptions')
+    .catch((e) => { throw new Error(`${e.message} (${progress(sockets)})`); });
+  console.log(JSON.stringify({phase: 'subscribed', sockets: n, ms: Date.now() - t0}));
+  t0 = Date.now();
   for (const s of sockets) s.reconnect(4000, 'storm'); // all at once; channels go pending
-  await waitUntil(() => sockets.every((s) => s.state === 'open') && allSubscribed(sockets), 'resubscriptions');
-  console.log(JSON.stringify({phase: 'resubscribed', sockets: n}));
+  await waitUntil(() => sockets.every((s) => s.state === 'open') && allSubscribed(sockets), 'resubscriptions')
+    .catch((e) => { throw new Error(`${e.message} (${progress(sockets)})`); });
+  console.log(JSON.stringify({phase: 'resubscribed', sockets: n, ms: Date.now() - t0}));
   for (const s of sockets) s.disconnect();
   process.exit(0);
 })().catch((e) => { console.log(JSON.stringify({phase: 'error', message: e.message})); process.exit(1); });

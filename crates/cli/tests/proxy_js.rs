@@ -373,3 +373,41 @@ async fn the_readme_python_backend_works_with_the_js_client() {
         out.stderr
     );
 }
+
+/// The JS client v14 (protocol version 1) gets the same answers.
+#[tokio::test]
+async fn js_client_v14_logs_in_through_the_backend() {
+    let b = backend(SECRET).await;
+    let serve = serve_with(&b, SECRET, &["--protocol-version", "1"]).await;
+    let run = run_js_client(json!({
+        "url": serve.url(),
+        "version": "14",
+        "timeoutMs": 30000,
+        "steps": [
+            {"op": "waitEvent", "name": "connect"},
+            {"op": "invoke", "procedure": "login", "data": {"username": "dave", "password": "x"}},
+            {"op": "invoke", "procedure": "login", "data": {"username": "dave", "password": "secret"}},
+            {"op": "waitEvent", "name": "authStateChange"},
+            {"op": "invoke", "procedure": "whoami"},
+            {"op": "subscribe", "channel": "private/erin"},
+            {"op": "waitEvent", "name": "subscribeFail"},
+            {"op": "invoke", "procedure": "notCovered"},
+        ],
+    }))
+    .await;
+    let e = error_of(&run, 1);
+    assert_eq!(
+        (e["name"].as_str(), e["field"].as_str()),
+        (Some("LoginError"), Some("password")),
+        "{}",
+        run.dump()
+    );
+    assert_eq!(run.step_result(2), &json!("welcome"), "{}", run.dump());
+    assert_eq!(run.step_result(4), &json!("dave"));
+    assert!(
+        run.client_events_named("subscribeFail")[0]
+            .to_string()
+            .contains("ForbiddenError")
+    );
+    assert_eq!(error_of(&run, 7)["name"], "UnhandledProcedureError");
+}
