@@ -13,7 +13,7 @@ function progress(sockets) {
   const subs = sockets.reduce((n, s) => n + s.subscriptions(false).length, 0);
   return `${open} open, ${subs} subscriptions`;
 }
-function waitUntil(pred, what, ms = 120000) {
+function waitUntil(pred, what, ms = 200000) {
   const deadline = Date.now() + ms;
   return new Promise((resolve, reject) => {
     const t = setInterval(() => {

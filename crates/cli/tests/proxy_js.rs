@@ -262,7 +262,7 @@ async fn a_resubscribe_storm_costs_a_handful_of_backend_calls() {
     let serve = serve_with(&b, SECRET, &[]).await;
     let sockets = std::env::var("PROXY_STORM_SOCKETS").unwrap_or_else(|_| "500".into());
     let out = tokio::time::timeout(
-        Duration::from_secs(240),
+        Duration::from_secs(450),
         Command::new("node")
             .arg(interop_dir().join("proxy_storm.js"))
             .args([serve.url(), sockets.clone()])

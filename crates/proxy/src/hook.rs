@@ -14,6 +14,39 @@ use crate::transport::Endpoint;
 /// Version of the request/response schema, sent as `"v"` in every request.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Bucket bounds (seconds) suggested for `socketcluster_proxy_duration_seconds`.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Describe the proxy's metrics to the installed `metrics` recorder:
+///
+/// | name | kind | labels |
+/// |---|---|---|
+/// | `socketcluster_proxy_calls_total` | counter | `hook` |
+/// | `socketcluster_proxy_errors_total` | counter | `hook`, `kind` (`unavailable`, `timeout`, `overloaded`, `bad_response`, `dropped`) |
+/// | `socketcluster_proxy_duration_seconds` | histogram | `hook` |
+/// | `socketcluster_proxy_subscribe_cache_total` | counter | `outcome` (`hit`, `coalesced`, `miss`) |
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "socketcluster_proxy_calls_total",
+        "Backend calls per proxy hook"
+    );
+    metrics::describe_counter!(
+        "socketcluster_proxy_errors_total",
+        "Failed backend calls (and dropped fire-and-forget events) per hook and kind"
+    );
+    metrics::describe_histogram!(
+        "socketcluster_proxy_duration_seconds",
+        metrics::Unit::Seconds,
+        "Backend call latency per hook"
+    );
+    metrics::describe_counter!(
+        "socketcluster_proxy_subscribe_cache_total",
+        "Subscribe decisions by source: cache hit, coalesced with a call in flight, or backend call"
+    );
+}
+
 /// The state of one hook's backend as shown on `/health`.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]

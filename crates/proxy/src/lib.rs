@@ -19,7 +19,7 @@ use socketcluster_rs_server::Server;
 
 pub use config::{BatchConfig, HookConfig, ProxyConfig};
 pub use error::{ConfigError, ProxyError};
-pub use hook::{HookHealth, SCHEMA_VERSION};
+pub use hook::{DURATION_BUCKETS, HookHealth, SCHEMA_VERSION, describe_metrics};
 pub use transport::{MAX_RESPONSE_BYTES, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
 
 /// An installed proxy: a handle for health reporting (the hooks live in the server).

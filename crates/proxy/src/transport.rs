@@ -175,7 +175,8 @@ impl Endpoint {
             None => (self.connect().await?, false),
         };
         let result = match sender.send_request(self.request(body.clone())).await {
-            Err(e) if pooled && (e.is_canceled() || sender.is_closed()) && !e.is_timeout() => {
+            // Only when the request was never written: a POST is not idempotent.
+            Err(e) if pooled && e.is_canceled() => {
                 tracing::debug!(error = %e, "pooled backend connection was closed; retrying on a new one");
                 sender = self.connect().await?;
                 sender.send_request(self.request(body)).await
