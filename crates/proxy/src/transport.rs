@@ -170,7 +170,12 @@ impl Endpoint {
     async fn exchange(&self, body: Bytes) -> Result<Bytes, ProxyError> {
         // A pooled connection the backend closed meanwhile fails before the request is
         // written ("canceled"): such a request is retried once on a fresh connection.
-        let (mut sender, pooled) = match self.take_idle() {
+        // A pooled connection becomes ready a moment after its last answer was read.
+        let pooled = match self.take_idle() {
+            Some(mut s) => s.ready().await.is_ok().then_some(s),
+            None => None,
+        };
+        let (mut sender, pooled) = match pooled {
             Some(s) => (s, true),
             None => (self.connect().await?, false),
         };
@@ -219,8 +224,7 @@ impl Endpoint {
     fn take_idle(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(i) = idle.pop() {
-            if i.since.elapsed() < self.idle_timeout && !i.sender.is_closed() && i.sender.is_ready()
-            {
+            if i.since.elapsed() < self.idle_timeout && !i.sender.is_closed() {
                 return Some(i.sender);
             }
         }

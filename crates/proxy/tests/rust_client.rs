@@ -367,7 +367,16 @@ async fn lifecycle_notifications_and_transmits_are_batched() {
             .collect()
     };
     eventually("20 transmits", || events("/transmit").len() == 20).await;
-    eventually("40 notifications", || events("/notify").len() >= 40).await;
+    let count = |kind: &str| {
+        events("/notify")
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .count()
+    };
+    eventually("20 connect and 20 subscribe notifications", || {
+        count("connect") == 20 && count("subscribe") == 20
+    })
+    .await;
     let n = events("/notify");
     assert_eq!(n.iter().filter(|e| e["type"] == "connect").count(), 20);
     assert_eq!(
