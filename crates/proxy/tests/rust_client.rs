@@ -24,6 +24,7 @@ fn app(path: &str, req: &Value) -> Reply {
         ("/rpc", Some("pay"), _) => Reply::json(json!({"error": {
             "name": "InsufficientFundsError", "message": "Balance too low", "balance": 3, "needed": [5]
         }})),
+        ("/rpc", Some("badgrant"), _) => Reply::json(json!({"setAuthToken": {"claims": 5}})),
         ("/rpc", Some("logout"), _) => Reply::json(json!({"deauthenticate": true, "data": null})),
         ("/rpc", Some("slow"), _) => Reply::json(json!({"data": 1})).after(Duration::from_secs(30)),
         ("/rpc", Some("garbage"), _) => Reply::raw(200, "<html>oops"),
@@ -72,6 +73,7 @@ fn full_config(b: &Backend) -> ProxyConfig {
             "slow",
             "garbage",
             "status500",
+            "badgrant",
         ]))
         .with_subscribe(HookConfig::new(b.url("/subscribe")).with_patterns([
             "private/*",
@@ -109,6 +111,10 @@ async fn login_through_a_proxied_procedure_sets_the_token() {
         e,
         json!({"name": "InsufficientFundsError", "message": "Balance too low", "balance": 3, "needed": [5]})
     );
+    // a malformed token grant is the backend's fault, named as such; the token stays
+    let e = remote(c.invoke::<Value, _>("badgrant", &()).await.unwrap_err());
+    assert_eq!(e["name"], "ProxyBadResponseError");
+    assert!(c.is_authenticated());
     // deauthenticate
     let _: Value = c.invoke("logout", &()).await.unwrap();
     eventually("deauthenticated", || !c.is_authenticated()).await;
