@@ -124,6 +124,9 @@ pub(crate) struct Handlers {
         std::sync::RwLock<std::collections::HashMap<String, Arc<dyn ProcedureHandler>>>,
     pub(crate) receivers:
         std::sync::RwLock<std::collections::HashMap<String, Arc<dyn ReceiverHandler>>>,
+    /// Handler of procedures without a handler of their own (see
+    /// [`crate::Server::fallback_procedure`]).
+    pub(crate) fallback: std::sync::RwLock<Option<Arc<dyn ProcedureHandler>>>,
 }
 
 impl Handlers {
@@ -133,6 +136,12 @@ impl Handlers {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
+    }
+    pub(crate) fn fallback(&self) -> Option<Arc<dyn ProcedureHandler>> {
+        self.fallback
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     pub(crate) fn receiver(&self, name: &str) -> Option<Arc<dyn ReceiverHandler>> {
         self.receivers

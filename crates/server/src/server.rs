@@ -227,6 +227,29 @@ impl Server {
         );
     }
 
+    /// Register the handler of every procedure that has no handler of its own (no
+    /// [`Server::procedure`] and no socket-level stream), replacing any previous one.
+    /// It takes precedence over [`crate::ServerConfig::unhandled_procedure`]; this is the
+    /// hook the HTTP backend proxy (`socketcluster-rs-proxy`) uses for its procedure
+    /// patterns.
+    ///
+    /// ```
+    /// # let server = socketcluster_rs_server::Server::new(Default::default()).unwrap();
+    /// use socketcluster_rs_server::{ErrorObject, Request};
+    /// server.fallback_procedure(|req: Request| async move {
+    ///     let msg = format!("No procedure {}", req.procedure());
+    ///     req.error(ErrorObject::new("UnknownProcedureError", msg));
+    /// });
+    /// ```
+    pub fn fallback_procedure<H: ProcedureHandler>(&self, handler: H) {
+        *self
+            .state
+            .handlers
+            .fallback
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(handler));
+    }
+
     /// Remove a procedure handler.
     pub fn remove_procedure(&self, name: &str) {
         self.state

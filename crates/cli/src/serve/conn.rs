@@ -198,6 +198,7 @@ mod tests {
             max_body,
             body_timeout,
             backplane: None,
+            proxy: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

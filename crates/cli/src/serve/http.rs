@@ -40,6 +40,8 @@ pub(crate) struct Operator {
     /// 408 and the connection is closed.
     pub(crate) body_timeout: Duration,
     pub(crate) backplane: Option<HealthProbe>,
+    /// Backend proxy hooks (`--proxy-*`), reported like the backplane.
+    pub(crate) proxy: Option<HealthProbe>,
 }
 
 pub(super) type Resp = Response<Full<Bytes>>;
@@ -81,6 +83,13 @@ fn health(op: &Operator) -> Resp {
         body["backplane"] = detail;
         if !up && ok {
             // still accepting connections and serving local traffic: report, don't fail
+            body["status"] = json!("degraded");
+        }
+    }
+    if let Some(probe) = &op.proxy {
+        let (up, detail) = probe();
+        body["proxy"] = detail;
+        if !up && ok {
             body["status"] = json!("degraded");
         }
     }
@@ -526,6 +535,7 @@ mod tests {
             max_body: 1024,
             body_timeout: Duration::from_secs(10),
             backplane: None,
+            proxy: None,
         }
     }
 

@@ -10,7 +10,17 @@ use socketcluster_rs_server::Server;
 /// Install the global recorder. Returns `None` (metrics disabled, with a warning) if a
 /// recorder is already installed.
 pub(crate) fn install() -> Option<PrometheusHandle> {
-    match PrometheusBuilder::new().install_recorder() {
+    // The proxy's backend latency is a real histogram (buckets from 0.5 ms to 5 s), so
+    // quantiles can be aggregated across instances.
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                "socketcluster_proxy_duration_seconds".into(),
+            ),
+            socketcluster_rs_proxy::DURATION_BUCKETS,
+        )
+        .unwrap_or_else(|_| PrometheusBuilder::new());
+    match builder.install_recorder() {
         Ok(handle) => {
             let h = handle.clone();
             tokio::spawn(async move {
@@ -22,6 +32,7 @@ pub(crate) fn install() -> Option<PrometheusHandle> {
             });
             describe();
             socketcluster_rs_server::metrics::describe();
+            socketcluster_rs_proxy::describe_metrics();
             Some(handle)
         }
         Err(e) => {

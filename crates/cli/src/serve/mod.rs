@@ -4,6 +4,7 @@ mod broker_setting;
 mod conn;
 pub(crate) mod http;
 mod metrics;
+mod proxy_settings;
 mod rewind;
 pub(crate) mod settings;
 
@@ -240,6 +241,24 @@ async fn connect_backplane(
 /// Re-sign the token of every authenticated socket every `every`: the same claims with
 /// a fresh `iat`/`exp`, so a connected socket never expires while a leaked token still
 /// dies after `auth-default-expiry`.
+/// `/health` detail of the proxy hooks: degraded while a hook's last call failed.
+fn proxy_health(proxy: socketcluster_rs_proxy::Proxy) -> http::HealthProbe {
+    Box::new(move || {
+        let hooks: Vec<serde_json::Value> = proxy
+            .health()
+            .iter()
+            .map(|h| {
+                serde_json::json!({
+                    "hook": h.hook, "url": h.url, "ok": h.is_ok(), "calls": h.calls,
+                    "errors": h.errors, "consecutiveFailures": h.consecutive_failures,
+                    "lastError": h.last_error,
+                })
+            })
+            .collect();
+        (proxy.is_healthy(), serde_json::json!({ "hooks": hooks }))
+    })
+}
+
 async fn renew_tokens(server: Server, every: Duration, stop: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await; // the first tick is immediate
@@ -312,6 +331,20 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let proxy = match proxy_settings::to_proxy_config(&settings.proxy) {
+        Ok(None) => None,
+        Ok(Some(config)) => match socketcluster_rs_proxy::Proxy::install(&server, config) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        Err(e) => {
+            eprintln!("invalid setting {}: {}", e.setting, e.message);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let listener =
         match tokio::net::TcpListener::bind((settings.host.as_str(), settings.port)).await {
             Ok(l) => l,
@@ -330,6 +363,7 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
         max_body,
         body_timeout: Duration::from_millis(settings.http_body_timeout),
         backplane,
+        proxy: proxy.map(proxy_health),
     });
     let stop = tokio_util::sync::CancellationToken::new();
     let accept = tokio::spawn(conn::accept_loop(

@@ -10,6 +10,7 @@ use clap::builder::BoolishValueParser;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use super::broker_setting::Broker;
+use super::proxy_settings::{ProxyArgs, ProxyFile, ProxySettings};
 
 /// Flags of `socketcluster serve`. Every flag can also be set with the environment
 /// variable named after it (`--ping-interval` -> `SOCKETCLUSTER_PING_INTERVAL`) or with the
@@ -152,6 +153,8 @@ pub(crate) struct ServeArgs {
     /// Time in ms for a whole HTTP API request body; slower gets 408. Default 10000.
     #[arg(long, env = "SOCKETCLUSTER_HTTP_BODY_TIMEOUT")]
     http_body_timeout: Option<u64>,
+    #[command(flatten)]
+    proxy: ProxyArgs,
 }
 
 /// The same settings as they appear in the TOML file (and in `--print-config`).
@@ -232,6 +235,7 @@ pub(crate) struct FileSettings {
     pub(crate) throttle_close_after: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) http_body_timeout: Option<u64>,
+    pub(crate) proxy: Option<ProxyFile>,
 }
 
 /// Log output format.
@@ -282,6 +286,7 @@ pub(crate) struct Settings {
     pub(crate) inbound_byte_rate: u32,
     pub(crate) throttle_close_after: u64,
     pub(crate) http_body_timeout: u64,
+    pub(crate) proxy: ProxySettings,
 }
 
 /// An invalid setting: the message names it. `serve` exits with status 2.
@@ -468,6 +473,10 @@ impl ServeArgs {
             http_body_timeout: (a.http_body_timeout)
                 .or(file.http_body_timeout)
                 .unwrap_or(10_000),
+            proxy: a.proxy.resolve(file.proxy).map_err(|e| InvalidSetting {
+                setting: e.setting.into(),
+                message: e.message,
+            })?,
         };
         s.validate()?;
         Ok(s)
@@ -668,6 +677,10 @@ impl Settings {
             inbound_byte_rate: Some(self.inbound_byte_rate),
             throttle_close_after: Some(self.throttle_close_after),
             http_body_timeout: Some(self.http_body_timeout),
+            proxy: self.proxy.is_enabled().then(|| ProxyFile {
+                secret: redact(&self.proxy.secret),
+                ..self.proxy.clone()
+            }),
         };
         toml::to_string(&f).unwrap_or_default()
     }

@@ -60,7 +60,12 @@ impl SocketTask {
                         }
                         // The stream went away meanwhile: the server-wide handler.
                         Err(mpsc::error::TrySendError::Closed(req)) => {
-                            if let Some(h) = self.server.handlers.procedure(req.procedure()) {
+                            if let Some(h) = self
+                                .server
+                                .handlers
+                                .procedure(req.procedure())
+                                .or_else(|| self.server.handlers.fallback())
+                            {
                                 run_handler(h.call(req));
                             }
                         }
@@ -73,7 +78,12 @@ impl SocketTask {
                         run_handler(h.call(req));
                     }
                     None => {
-                        if self.server.config.unhandled_procedure == UnhandledProcedure::Error {
+                        if let Some(h) = self.server.handlers.fallback() {
+                            let req = Request::new(self.socket.clone(), procedure, data, cid);
+                            run_handler(h.call(req));
+                        } else if self.server.config.unhandled_procedure
+                            == UnhandledProcedure::Error
+                        {
                             let e = ErrorObject::new(
                                 "UnhandledProcedureError",
                                 format!("No handler for procedure {procedure}"),
