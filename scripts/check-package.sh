@@ -7,6 +7,7 @@
 #   3. the command installed with `cargo install` from the packaged CLI, whose --version,
 #      completions and man pages work.
 # Needs network access to crates.io only. Run by .ci/run; also by hand: scripts/check-package.sh
+# (--reuse: skip the dry run and reuse the packages it left in target/package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -19,17 +20,29 @@ export CARGO_PROFILE_DEV_DEBUG=false
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "cargo publish --dry-run (every published crate, in dependency order)"
-cargo publish --dry-run --workspace --exclude sc-test-support --locked --allow-dirty
+if [ "${1:-}" = "--reuse" ]; then
+    # Reuse the packages of an earlier run (quicker when only the later steps changed).
+    step "reusing the packages in $CARGO_TARGET_DIR/package"
+else
+    step "cargo publish --dry-run (every published crate, in dependency order)"
+    cargo publish --dry-run --workspace --exclude sc-test-support --locked --allow-dirty
+fi
 
 work=$(mktemp -d)
 trap 'kill "${serve_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
-for crate in protocol client cli; do
-    tar xzf "$CARGO_TARGET_DIR/package/socketcluster-rs-$crate-$version.crate" -C "$work"
+# The dry run leaves every package unpacked in target/package/<name>-<version>/. Until the
+# crates are on crates.io, their dependencies on each other resolve to these packaged copies
+# through [patch.crates-io] (given to cargo as --config).
+patches=()
+for dir in "$CARGO_TARGET_DIR"/package/socketcluster-rs-*-"$version"; do
+    name=$(basename "$dir" "-$version")
+    cp -r "$dir" "$work/$name"
+    patches+=(--config "patch.crates-io.$name.path=\"$work/$name\"")
 done
+test -d "$work/socketcluster-rs-cli" && test -d "$work/socketcluster-rs-client"
 
 step "cargo install from the packaged CLI"
-cargo install --locked --debug --quiet --path "$work/socketcluster-rs-cli-$version" \
+cargo install --debug --quiet "${patches[@]}" --path "$work/socketcluster-rs-cli" \
     --root "$work/install"
 sc="$work/install/bin/socketcluster"
 # The packaged CLI is not a git checkout: the commit comes from .cargo_vcs_info.json when
@@ -43,16 +56,9 @@ step "a fresh project with the packaged client as a path dependency"
 cd "$work"
 cargo new --quiet --bin fresh
 cd fresh
-cargo add --quiet --path "$work/socketcluster-rs-client-$version"
-cargo add --quiet tokio --features rt-multi-thread,macros
-cargo add --quiet futures-util
-# The client depends on socketcluster-rs-protocol by version; until it is on crates.io,
-# use the packaged copy.
-cat >> Cargo.toml <<TOML
-
-[patch.crates-io]
-socketcluster-rs-protocol = { path = "$work/socketcluster-rs-protocol-$version" }
-TOML
+cargo add --quiet "${patches[@]}" --path "$work/socketcluster-rs-client"
+cargo add --quiet "${patches[@]}" tokio --features rt-multi-thread,macros
+cargo add --quiet "${patches[@]}" futures-util
 cat > src/main.rs <<'RUST'
 use futures_util::StreamExt;
 use socketcluster_rs_client::Client;
@@ -68,7 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 RUST
-cargo build --quiet
+cargo build --quiet "${patches[@]}"
 
 step "the fresh project talks to the installed server"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
