@@ -8,6 +8,9 @@
 //! `DASHBOARD_SCREENSHOTS=1 cargo test -p socketcluster-rs-cli --test dashboard_browser`
 //! also writes the README's screenshots to `docs/dashboard/*.png`.
 
+// the measured latencies are printed for the report (`--nocapture`)
+#![allow(clippy::print_stdout)]
+
 use std::time::{Duration, Instant};
 
 use sc_test_support::JsClient;

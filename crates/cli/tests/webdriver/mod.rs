@@ -82,7 +82,7 @@ async fn call(port: u16, method: &str, path: &str, body: Option<&Value>) -> Valu
     // chromedriver may keep the connection open: read the head, then Content-Length bytes
     let read = async {
         let mut out = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
+        let mut buf = vec![0u8; 16 * 1024];
         loop {
             if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
