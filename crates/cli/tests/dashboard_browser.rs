@@ -192,5 +192,12 @@ async fn an_operator_logs_in_watches_and_disconnects_a_socket() {
     b.click("#nav-config").await;
     assert!(b.wait_for("document.getElementById('config-text').textContent.includes('dashboard-password = \"<redacted>\"')").await);
     screenshot(&b, "config").await;
+
+    // log out: back to the login page
+    b.click("#logout button").await;
+    assert!(
+        b.wait_for("document.getElementById('password') !== null")
+            .await
+    );
     b.quit().await;
 }

@@ -50,7 +50,8 @@ function chart(key, value) {
   const svg = $("chart-" + key);
   if (!svg) return;
   const max = Math.max(1, ...s);
-  const pts = s.map((v, i) => `${(i * 300) / (HISTORY - 1)},${58 - (v / max) * 56}`).join(" ");
+  // newest at the right edge, one point per second
+  const pts = s.map((v, i) => `${300 - ((s.length - 1 - i) * 300) / (HISTORY - 1)},${58 - (v / max) * 56}`).join(" ");
   let line = svg.querySelector("polyline");
   if (!line) {
     line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
@@ -169,6 +170,13 @@ $("socket-search-form").addEventListener("submit", findSockets);
 async function loadConfig() {
   $("config-text").textContent = await (await get("config")).text();
 }
+
+// ---- log out (an action: it carries the CSRF token too)
+$("logout").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  await fetch("/dashboard/logout", { method: "POST", headers: { "x-csrf-token": csrf }, credentials: "same-origin" });
+  location.href = "/dashboard/";
+});
 
 connectStats();
 show();
