@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::http::{Operator, handle};
 use super::rewind::Rewind;
+use super::{dashboard, dashboard_auth};
 
 /// Largest HTTP request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
@@ -116,7 +117,13 @@ where
     let linger_bytes = op.max_body.saturating_mul(2).max(1 << 20);
     let service = hyper::service::service_fn(move |req| {
         let op = op.clone();
-        async move { Ok::<_, Infallible>(handle(req, &op).await) }
+        async move {
+            let path = req.uri().path();
+            if path == "/dashboard" || path.starts_with(dashboard_auth::PREFIX) {
+                return Ok::<_, Infallible>(dashboard::handle(req, &op, addr.ip()).await);
+            }
+            Ok::<_, Infallible>(handle(req, &op).await)
+        }
     });
     match hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -199,6 +206,8 @@ mod tests {
             body_timeout,
             backplane: None,
             proxy: None,
+            dashboard: None,
+            secure: false,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -8,11 +8,14 @@
 // is built once per bad request, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -25,7 +28,7 @@ use socketcluster_rs_server::{RawValue, Server, Socket};
 pub(crate) const DEFAULT_API_DISCONNECT_CODE: u16 = 4500;
 
 /// Backplane status shown on `/health` (and failing it when down).
-pub(crate) type HealthProbe = Box<dyn Fn() -> (bool, Value) + Send + Sync>;
+pub(crate) type HealthProbe = Arc<dyn Fn() -> (bool, Value) + Send + Sync>;
 
 /// Everything the HTTP handlers need.
 pub(crate) struct Operator {
@@ -42,13 +45,39 @@ pub(crate) struct Operator {
     pub(crate) backplane: Option<HealthProbe>,
     /// Backend proxy hooks (`--proxy-*`), reported like the backplane.
     pub(crate) proxy: Option<HealthProbe>,
+    /// The operator dashboard (`--dashboard`), `None` when off.
+    pub(crate) dashboard: Option<super::dashboard_auth::Dashboard>,
+    /// Whether the port serves TLS (session cookies are then `Secure`).
+    pub(crate) secure: bool,
 }
 
-pub(super) type Resp = Response<Full<Bytes>>;
+impl Operator {
+    /// The backplane's `/health` detail, as a function a background task can keep.
+    pub(crate) fn backplane_probe(&self) -> Option<Arc<dyn Fn() -> Value + Send + Sync>> {
+        self.backplane.clone().map(|p| {
+            let f: Arc<dyn Fn() -> Value + Send + Sync> = Arc::new(move || {
+                let (up, mut detail) = p();
+                if let Some(o) = detail.as_object_mut() {
+                    o.insert("up".into(), json!(up));
+                }
+                detail
+            });
+            f
+        })
+    }
+}
 
-fn json_response(status: StatusCode, body: &Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+pub(crate) type Resp = Response<BoxBody<Bytes, Infallible>>;
+
+/// A response with a complete body.
+pub(crate) fn full(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
+    r
+}
+
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Resp {
+    let mut r = full(status, body.to_string());
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
@@ -56,7 +85,7 @@ fn json_response(status: StatusCode, body: &Value) -> Resp {
     r
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     json_response(status, &json!({ "error": message.into() }))
 }
 
@@ -106,7 +135,7 @@ fn metrics(op: &Operator) -> Resp {
         return error(StatusCode::NOT_FOUND, "metrics are disabled");
     };
     super::metrics::record_gauges(&op.server);
-    let mut r = Response::new(Full::new(Bytes::from(handle.render())));
+    let mut r = full(StatusCode::OK, handle.render());
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -183,7 +212,18 @@ async fn api(req: Request<Incoming>, op: &Operator) -> Resp {
 }
 
 /// Read and parse a JSON body (limited to `max_body` bytes and `body_timeout`).
-async fn body_json(req: Request<Incoming>, op: &Operator) -> Result<Value, Resp> {
+pub(crate) async fn body_json(req: Request<Incoming>, op: &Operator) -> Result<Value, Resp> {
+    let body = body_bytes(req, op).await?;
+    serde_json::from_slice(&body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
+/// Read a body (limited to `max_body` bytes and `body_timeout`).
+pub(crate) async fn body_bytes(req: Request<Incoming>, op: &Operator) -> Result<Bytes, Resp> {
     let max = op.max_body;
     let collect = Limited::new(req.into_body(), max).collect();
     let Ok(body) = tokio::time::timeout(op.body_timeout, collect).await else {
@@ -203,12 +243,7 @@ async fn body_json(req: Request<Incoming>, op: &Operator) -> Result<Value, Resp>
             )
         })?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("the body is not valid JSON: {e}"),
-        )
-    })
+    Ok(body)
 }
 
 /// One publication of a request body: `{"channel": "...", "data": ...}`.
@@ -241,7 +276,7 @@ fn publication(v: &Value, what: &str) -> Result<(String, Option<Box<RawValue>>),
     Ok((channel.to_owned(), data))
 }
 
-async fn publish(op: &Operator, v: &Value) -> Resp {
+pub(crate) async fn publish(op: &Operator, v: &Value) -> Resp {
     let (channel, data) = match publication(v, "the body") {
         Ok(p) => p,
         Err(r) => return r,
@@ -334,7 +369,7 @@ async fn history(op: &Operator, query: &str) -> Resp {
 }
 
 /// `key=value` pairs of a query string, percent-decoded (`+` is a space).
-fn query_pairs(query: &str) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(query: &str) -> Vec<(String, String)> {
     fn decode(s: &str) -> String {
         let bytes = s.as_bytes();
         let mut out = Vec::with_capacity(bytes.len());
@@ -443,7 +478,7 @@ fn select(op: &Operator, v: &Value) -> Result<Vec<Socket>, Resp> {
         .collect())
 }
 
-fn disconnect(op: &Operator, v: &Value) -> Resp {
+pub(crate) fn disconnect(op: &Operator, v: &Value) -> Resp {
     let sockets = match select(op, v) {
         Ok(s) => s,
         Err(r) => return r,
@@ -470,7 +505,7 @@ fn disconnect(op: &Operator, v: &Value) -> Resp {
     json_response(StatusCode::OK, &json!({"disconnected": sockets.len()}))
 }
 
-async fn deauthenticate(op: &Operator, v: &Value) -> Resp {
+pub(crate) async fn deauthenticate(op: &Operator, v: &Value) -> Resp {
     let sockets = match select(op, v) {
         Ok(s) => s,
         Err(r) => return r,
@@ -485,7 +520,7 @@ async fn deauthenticate(op: &Operator, v: &Value) -> Resp {
     json_response(StatusCode::OK, &json!({"deauthenticated": sockets.len()}))
 }
 
-fn channels(op: &Operator) -> Resp {
+pub(crate) fn channels(op: &Operator) -> Resp {
     let list: Vec<Value> = op
         .server
         .channels()
@@ -495,7 +530,7 @@ fn channels(op: &Operator) -> Resp {
     json_response(StatusCode::OK, &json!({ "channels": list }))
 }
 
-fn stats(op: &Operator) -> Resp {
+pub(crate) fn stats(op: &Operator) -> Resp {
     let s = op.server.stats();
     let authenticated = op
         .server
@@ -536,6 +571,8 @@ mod tests {
             body_timeout: Duration::from_secs(10),
             backplane: None,
             proxy: None,
+            dashboard: None,
+            secure: false,
         }
     }
 
@@ -550,7 +587,7 @@ mod tests {
     #[tokio::test]
     async fn health_reports_a_backplane_outage_without_failing() {
         let mut op = operator();
-        op.backplane = Some(Box::new(|| (false, json!({"state": "disconnected"}))));
+        op.backplane = Some(Arc::new(|| (false, json!({"state": "disconnected"}))));
         let r = health(&op);
         assert_eq!(r.status(), StatusCode::OK);
         let body = r.into_body().collect().await.unwrap().to_bytes();

@@ -2,8 +2,12 @@
 
 mod broker_setting;
 mod conn;
+mod dashboard;
+mod dashboard_auth;
+mod dashboard_settings;
 pub(crate) mod http;
 mod metrics;
+mod print_config;
 mod proxy_settings;
 mod rewind;
 pub(crate) mod settings;
@@ -204,7 +208,7 @@ async fn connect_backplane(
             .await
             .map_err(|e| format!("cannot connect the Redis backplane: {e}"))?;
             let probe = b.clone();
-            let health: http::HealthProbe = Box::new(move || {
+            let health: http::HealthProbe = Arc::new(move || {
                 let h = probe.health();
                 let nodes: Vec<serde_json::Value> = h
                     .nodes
@@ -226,7 +230,7 @@ async fn connect_backplane(
             .await
             .map_err(|e| format!("cannot connect the NATS backplane: {e}"))?;
             let probe = b.clone();
-            let health: http::HealthProbe = Box::new(move || {
+            let health: http::HealthProbe = Arc::new(move || {
                 let h = probe.health();
                 (
                     h.is_connected(),
@@ -243,7 +247,7 @@ async fn connect_backplane(
 /// dies after `auth-default-expiry`.
 /// `/health` detail of the proxy hooks: degraded while a hook's last call failed.
 fn proxy_health(proxy: socketcluster_rs_proxy::Proxy) -> http::HealthProbe {
-    Box::new(move || {
+    Arc::new(move || {
         let hooks: Vec<serde_json::Value> = proxy
             .health()
             .iter()
@@ -364,6 +368,13 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
         body_timeout: Duration::from_millis(settings.http_body_timeout),
         backplane,
         proxy: proxy.map(proxy_health),
+        dashboard: settings.dashboard.enabled.then(|| {
+            dashboard_auth::Dashboard::new(
+                settings.dashboard.password.clone().unwrap_or_default(),
+                settings.to_redacted_toml(),
+            )
+        }),
+        secure: settings.tls_cert.is_some(),
     });
     let stop = tokio_util::sync::CancellationToken::new();
     let accept = tokio::spawn(conn::accept_loop(
@@ -389,6 +400,7 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
             %addr,
             url = %format!("{scheme}://{addr}{}", settings.path),
             http_api = settings.http_api_key.is_some(),
+            dashboard = %if settings.dashboard.enabled { format!("http{}://{addr}{}", if settings.tls_cert.is_some() { "s" } else { "" }, dashboard_auth::PREFIX) } else { "off".into() },
             broker = %match &settings.broker { Broker::Local => "local", Broker::Redis(_) => "redis", Broker::Nats(_) => "nats" },
             "listening"
         );
