@@ -195,9 +195,15 @@ mod tests {
         let mut a = Assembler::default();
         assert_eq!(on(&mut a, false, OP_TEXT, "κόσμε".as_bytes()), None);
         let err = a.on_frame(&header(false, OP_CONT, 4), &[0xCE, 0xBA, 0xE1, 0xBD]);
-        assert!(err.is_ok(), "an incomplete character at the end is not an error");
+        assert!(
+            err.is_ok(),
+            "an incomplete character at the end is not an error"
+        );
         let err = a.on_frame(&header(false, OP_CONT, 4), &[0xF4, 0x90, 0x80, 0x80]);
-        assert!(matches!(err, Err(WsError::Utf8)), "0xF4 0x90 is never valid");
+        assert!(
+            matches!(err, Err(WsError::Utf8)),
+            "0xF4 0x90 is never valid"
+        );
         // An invalid first fragment fails at once as well.
         let mut a = Assembler::default();
         let err = a.on_frame(&header(false, OP_TEXT, 2), &[b'a', 0xFF]);

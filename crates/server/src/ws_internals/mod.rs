@@ -106,9 +106,7 @@ impl AsyncRead for MemIo {
             n => self.chunks[self.next_chunk % n].max(1),
         };
         self.next_chunk = self.next_chunk.wrapping_add(1);
-        let n = chunk
-            .min(buf.remaining())
-            .min(self.input.len() - self.pos);
+        let n = chunk.min(buf.remaining()).min(self.input.len() - self.pos);
         let start = self.pos;
         buf.put_slice(&self.input[start..start + n]);
         self.pos += n;
@@ -177,7 +175,10 @@ pub fn read_frames(
                 out.texts.push(t.as_str().to_owned());
             }
             Poll::Ready(Some(Ok(WsMessage::Binary(b)))) => {
-                assert!(b.len() <= max_message_size, "binary message over the maximum");
+                assert!(
+                    b.len() <= max_message_size,
+                    "binary message over the maximum"
+                );
                 out.binaries.push(b.to_vec());
             }
             Poll::Ready(Some(Ok(WsMessage::Close(c)))) => {
@@ -193,4 +194,25 @@ pub fn read_frames(
     // Once the read side has ended, it stays ended.
     assert!(matches!(ws.poll_next(&mut cx), Poll::Ready(None)));
     out
+}
+
+/// Maximum message size used by [`check_ws_frames`]: small, so that it is reached.
+pub const FUZZ_MAX: usize = 4096;
+
+/// The `ws_frames` fuzz check. Input layout: byte 0 = how many of the client's bytes
+/// arrive together with the request head, bytes 1..4 = read sizes (0: unlimited),
+/// then the client's bytes. Whatever the split, the messages, the close and the error
+/// must be the same as when everything arrives in one read.
+pub fn check_ws_frames(data: &[u8]) {
+    if data.len() < 4 {
+        return;
+    }
+    let chunks: Vec<usize> = data[1..4]
+        .iter()
+        .map(|&c| if c == 0 { usize::MAX } else { usize::from(c) })
+        .collect();
+    let input = &data[4..];
+    let split = read_frames(input, usize::from(data[0]), &chunks, FUZZ_MAX);
+    let whole = read_frames(input, 0, &[], FUZZ_MAX);
+    assert_eq!(split, whole, "the result depends on how the bytes arrive");
 }
