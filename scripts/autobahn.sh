@@ -5,6 +5,8 @@
 #   bash scripts/autobahn.sh          # fast subset: cases 1-7, 9 (one case per group), 10
 #   bash scripts/autobahn.sh --full   # every case (1-13; 12-13 are permessage-deflate,
 #                                     # reported UNIMPLEMENTED since we do not offer it)
+#   --client: instead, wstest fuzzingserver against the client's WebSocket layer
+#             (tokio-tungstenite; crates/client/examples/autobahn_client.rs)
 #
 # Needs CPython 2.7 (autobahntestsuite is Python 2 only): $AUTOBAHN_PYTHON, else pyenv's
 # 2.7.18 (installed with `pyenv install 2.7.18` when pyenv exists but lacks it, a
@@ -16,7 +18,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FULL=0
-[[ "${1:-}" == "--full" ]] && FULL=1
+CLIENT=0
+for arg in "$@"; do
+  case "$arg" in
+    --full) FULL=1 ;;
+    --client) CLIENT=1 ;;
+    *) echo "usage: $0 [--full] [--client]" >&2; exit 2 ;;
+  esac
+done
 PY27_VERSION=2.7.18
 SUITE=autobahntestsuite==25.10.1
 DIR=target/autobahn
@@ -58,6 +67,33 @@ if [[ ! -x "$DIR/venv/bin/wstest" ]]; then
   echo "autobahn: testsuite installed in $(( $(date +%s) - start )) s" >&2
 fi
 
+if [[ $FULL == 1 ]]; then
+  CASES='["*"]'
+else
+  # 9.x are the performance cases (up to 16 MiB messages): one per group.
+  CASES='["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.1.1", "9.2.1", "9.3.1", "9.4.1", "9.5.1", "9.6.1", "9.7.1", "9.8.1", "10.*"]'
+fi
+
+if [[ $CLIENT == 1 ]]; then
+  cargo build -q -p socketcluster-rs-client --example autobahn_client
+  REPORT="$PWD/$DIR/reports/client"
+  rm -rf "$REPORT"
+  cat > "$DIR/fuzzingserver.json" <<JSON
+{"url": "ws://127.0.0.1:$PORT", "outdir": "$REPORT", "cases": $CASES, "exclude-cases": [], "exclude-agent-cases": {}}
+JSON
+  (cd "$DIR" && exec venv/bin/wstest -m fuzzingserver -s fuzzingserver.json >wstest-server.log 2>&1) &
+  WSTEST_PID=$!
+  trap 'kill "$WSTEST_PID" 2>/dev/null || true' EXIT
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.1
+  done
+  start=$(date +%s)
+  target/debug/examples/autobahn_client "ws://127.0.0.1:$PORT"
+  echo "autobahn: client cases ran in $(( $(date +%s) - start )) s" >&2
+  exec python3 scripts/autobahn_report.py "$REPORT/index.json"
+fi
+
 cargo build -q -p socketcluster-rs-server --features ws-internals --example autobahn_echo
 ECHO_BIN=target/debug/examples/autobahn_echo
 "$ECHO_BIN" "$PORT" &
@@ -68,14 +104,6 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-if [[ $FULL == 1 ]]; then
-  CASES='["*"]'
-  EXCLUDE='[]'
-else
-  # 9.x are the performance cases (up to 16 MiB messages, minutes): one per group.
-  CASES='["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.1.1", "9.2.1", "9.3.1", "9.4.1", "9.5.1", "9.6.1", "9.7.1", "9.8.1", "10.*"]'
-  EXCLUDE='[]'
-fi
 REPORT="$PWD/$DIR/reports/server"
 rm -rf "$REPORT"
 cat > "$DIR/fuzzingclient.json" <<JSON
@@ -84,7 +112,7 @@ cat > "$DIR/fuzzingclient.json" <<JSON
   "outdir": "$REPORT",
   "servers": [{"agent": "socketcluster-rs-server", "url": "ws://127.0.0.1:$PORT"}],
   "cases": $CASES,
-  "exclude-cases": $EXCLUDE,
+  "exclude-cases": [],
   "exclude-agent-cases": {}
 }
 JSON
