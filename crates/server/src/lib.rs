@@ -27,6 +27,9 @@ mod state;
 mod task;
 pub mod tls;
 mod ws;
+#[cfg(feature = "ws-internals")]
+#[doc(hidden)]
+pub mod ws_internals;
 
 #[cfg(feature = "axum")]
 pub mod axum;

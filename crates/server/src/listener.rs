@@ -260,7 +260,11 @@ async fn handle_tcp(
 }
 
 /// Read the request head; returns its length (including the blank line).
-async fn read_head(io: &mut Box<dyn Io>, buf: &mut Vec<u8>, max: usize) -> Result<usize, u16> {
+pub(crate) async fn read_head(
+    io: &mut Box<dyn Io>,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<usize, u16> {
     let mut chunk = [0u8; 2048];
     loop {
         if let Some(pos) = find_head_end(buf) {

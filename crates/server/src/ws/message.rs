@@ -26,6 +26,25 @@ struct Frag {
     text: bool,
     /// The unmasked payload received so far.
     data: Vec<u8>,
+    /// For text: how much of `data` is known to be valid UTF-8 (the rest is at most
+    /// the start of one incomplete character).
+    checked: usize,
+}
+
+impl Frag {
+    /// Fails fast (RFC 6455 §8.1, Autobahn 6.4.x) as soon as the text received so far
+    /// cannot be the start of valid UTF-8, instead of at the last fragment.
+    fn check_utf8(&mut self) -> Result<(), WsError> {
+        if !self.text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.checked..]) {
+            Ok(_) => self.checked = self.data.len(),
+            Err(e) if e.error_len().is_none() => self.checked += e.valid_up_to(),
+            Err(_) => return Err(WsError::Utf8),
+        }
+        Ok(())
+    }
 }
 
 /// What one complete, unmasked frame amounts to.
@@ -75,10 +94,13 @@ impl Assembler {
                 WsMessage::Binary(Bytes::copy_from_slice(payload))
             })),
             OP_TEXT | OP_BINARY => {
-                self.frag = Some(Box::new(Frag {
+                let mut frag = Box::new(Frag {
                     text: h.opcode == OP_TEXT,
                     data: payload.to_vec(),
-                }));
+                    checked: 0,
+                });
+                frag.check_utf8()?;
+                self.frag = Some(frag);
                 Ok(Assembled::Nothing)
             }
             OP_CONT => {
@@ -87,11 +109,12 @@ impl Assembler {
                 };
                 frag.data.extend_from_slice(payload);
                 if !h.fin {
+                    frag.check_utf8()?;
                     return Ok(Assembled::Nothing);
                 }
                 match self.frag.take() {
                     Some(frag) => {
-                        let Frag { text, data } = *frag;
+                        let Frag { text, data, .. } = *frag;
                         data_message(text, Bytes::from(data)).map(Assembled::Message)
                     }
                     None => Ok(Assembled::Nothing),
@@ -163,6 +186,31 @@ mod tests {
         assert_eq!(on(&mut a, false, OP_TEXT, &[0xC3]), None);
         let err = a.on_frame(&header(true, OP_CONT, 1), &[0xFF]);
         assert!(matches!(err, Err(WsError::Utf8)));
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_fragment_fails_before_the_last_fragment() {
+        // Autobahn 6.4.1/6.4.2: the error must show at the fragment that makes the
+        // text invalid, not when the message completes.
+        let mut a = Assembler::default();
+        assert_eq!(on(&mut a, false, OP_TEXT, "κόσμε".as_bytes()), None);
+        let err = a.on_frame(&header(false, OP_CONT, 4), &[0xCE, 0xBA, 0xE1, 0xBD]);
+        assert!(
+            err.is_ok(),
+            "an incomplete character at the end is not an error"
+        );
+        let err = a.on_frame(&header(false, OP_CONT, 4), &[0xF4, 0x90, 0x80, 0x80]);
+        assert!(
+            matches!(err, Err(WsError::Utf8)),
+            "0xF4 0x90 is never valid"
+        );
+        // An invalid first fragment fails at once as well.
+        let mut a = Assembler::default();
+        let err = a.on_frame(&header(false, OP_TEXT, 2), &[b'a', 0xFF]);
+        assert!(matches!(err, Err(WsError::Utf8)));
+        // Binary fragments are not checked.
+        let mut a = Assembler::default();
+        assert_eq!(on(&mut a, false, OP_BINARY, &[0xFF]), None);
     }
 
     #[test]
