@@ -78,7 +78,7 @@ pub async fn upgrade(server: Server, mut req: Request) -> Response {
     }
     let ok = match check_upgrade(hreq.uri.path(), &hreq) {
         Ok(ok) => ok,
-        Err(r) => return reject(HttpReject::too_many(r)),
+        Err(r) => return reject(r),
     };
     let hreq = Arc::new(hreq);
     if let Err(r) = authorize(&state, &hreq).await {
@@ -86,7 +86,7 @@ pub async fn upgrade(server: Server, mut req: Request) -> Response {
     }
     let ip = match state.per_ip.admission(remote_addr) {
         Ok(a) => a.keep(),
-        Err(r) => return reject(r),
+        Err(r) => return reject(HttpReject::too_many(r)),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let max_payload = state.config.limits.max_payload;
