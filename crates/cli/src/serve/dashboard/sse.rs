@@ -1,5 +1,5 @@
 //! Server-Sent Events of the dashboard: `events` (the server's figures every second,
-//! with per-second rates) and `events/channel?name=C` (the channel's publications as
+//! with per-second rates, and the instances of the cluster) and `events/channel?name=C` (the channel's publications as
 //! they arrive, through a server-side exchange subscription).
 
 use std::convert::Infallible;
@@ -56,6 +56,7 @@ pub(super) fn stats(op: &Operator) -> Resp {
     let (tx, r) = stream();
     let server = op.server.clone();
     let backplane = op.backplane_probe();
+    let instances = op.instances.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last: Option<socketcluster_rs_server::StatsSnapshot> = None;
@@ -80,6 +81,7 @@ pub(super) fn stats(op: &Operator) -> Resp {
                 "bytesOutPerSec": rate(s.bytes_sent, |l| l.bytes_sent),
                 "slowConsumerDisconnects": s.slow_consumer_disconnects,
                 "backplane": Value::Null,
+                "instances": instances.snapshot()["instances"].clone(),
             });
             if let Some(probe) = &backplane {
                 v["backplane"] = probe();
