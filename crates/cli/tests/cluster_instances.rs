@@ -1,4 +1,4 @@
-//! The instances of a cluster (docs/PROTOCOL.md 16): two `socketcluster serve` on one
+//! The instances of a cluster (docs/PROTOCOL.md 14.18): two `socketcluster serve` on one
 //! Redis see each other in `/api/instances` with their figures, an instance that stops
 //! disappears at once (its `leaving` message), and clients can neither subscribe nor
 //! publish to the internal heartbeat channel.

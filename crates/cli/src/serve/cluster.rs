@@ -1,4 +1,4 @@
-//! The instances of a cluster (docs/PROTOCOL.md 16): with a backplane, every `serve`
+//! The instances of a cluster (docs/PROTOCOL.md 14.18): with a backplane, every `serve`
 //! publishes a heartbeat with its figures every second on the internal channel
 //! [`CHANNEL`] (and a `leaving` message when it shuts down); every instance keeps the
 //! table of the instances it hears from, dropping one after [`EXPIRY`] without a
