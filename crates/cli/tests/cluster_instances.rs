@@ -48,7 +48,7 @@ async fn wait_for(port: u16, what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<V
     }
 }
 
-fn by_address<'a>(list: &'a [Value], port: u16) -> Option<&'a Value> {
+fn by_address(list: &[Value], port: u16) -> Option<&Value> {
     let address = format!("127.0.0.1:{port}");
     list.iter().find(|i| i["address"] == address.as_str())
 }
