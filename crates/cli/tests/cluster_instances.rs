@@ -129,4 +129,17 @@ async fn clients_cannot_use_the_internal_channel() {
     assert!(err.to_string().contains("internal"), "{err}");
     // an ordinary channel still works
     client.publish("news", &1).await.expect("ordinary publish");
+    // the HTTP API neither publishes to it nor lists it
+    let body = serde_json::json!({"channel": CHANNEL, "data": {"type": "leaving", "id": "x"}});
+    let (status, text) = common::http(
+        a.port,
+        "POST",
+        "/api/publish",
+        Some(API_KEY),
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    let (_, text) = common::http(a.port, "GET", "/api/channels", Some(API_KEY), None).await;
+    assert!(!text.contains(CHANNEL), "{text}");
 }

@@ -269,6 +269,12 @@ fn publication(v: &Value, what: &str) -> Result<(String, Option<Box<RawValue>>),
             format!("{what}: `channel` must not be empty"),
         ));
     }
+    if channel == super::cluster::CHANNEL {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("{what}: {channel} is internal to the cluster"),
+        ));
+    }
     let data = match obj.get("data") {
         None => None,
         Some(d) => Some(
@@ -528,6 +534,7 @@ pub(crate) fn channels(op: &Operator) -> Resp {
         .server
         .channels()
         .into_iter()
+        .filter(|c| c.name != super::cluster::CHANNEL)
         .map(|c| json!({"channel": c.name, "subscribers": c.subscribers}))
         .collect();
     json_response(StatusCode::OK, &json!({ "channels": list }))
