@@ -176,9 +176,11 @@ pub(crate) async fn run(
     let mut last: Option<StatsSnapshot> = None;
     loop {
         if clustered && sub.is_none() {
-            match server.exchange().subscribe(CHANNEL).await {
-                Ok(s) => sub = Some(s),
-                Err(e) => tracing::warn!(error = %e, "cannot listen to the cluster heartbeats"),
+            // bounded, so that a backplane outage never holds up the heartbeats or shutdown
+            match tokio::time::timeout(PERIOD, server.exchange().subscribe(CHANNEL)).await {
+                Ok(Ok(s)) => sub = Some(s),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot listen to the cluster heartbeats"),
+                Err(_) => tracing::debug!("cluster heartbeat subscription pending"),
             }
         }
         tokio::select! {
@@ -187,8 +189,9 @@ pub(crate) async fn run(
                 let v = instances.figures(&server, last.as_ref(), backplane.as_ref());
                 last = Some(server.stats());
                 instances.put(instances.id.clone(), v.clone());
+                let exchange = server.exchange();
                 if clustered
-                    && let Err(e) = server.exchange().publish(CHANNEL, &v).await
+                    && let Ok(Err(e)) = tokio::time::timeout(PERIOD, exchange.publish(CHANNEL, &v)).await
                 {
                     tracing::debug!(error = %e, "heartbeat not published");
                 }

@@ -423,7 +423,7 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
     shutdown.recv().await;
     // tell the other instances first, while the backplane is still there
     cluster_stop.cancel();
-    let _ = heartbeat.await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), heartbeat).await;
     tracing::info!("shutting down: closing every socket with 1001 (clients reconnect)");
     // While draining, /health answers 503 and new WebSocket connections are refused
     // with 503, so a load balancer moves traffic away; then the listener stops.
