@@ -88,6 +88,14 @@ async fn two_instances_see_each_other_and_the_leaving_one_goes() {
     })
     .await;
     assert_eq!(by_address(&list, a.port).unwrap()["sockets"], 0);
+    // the internal channel is not counted as a channel
+    assert_eq!(by_address(&list, a.port).unwrap()["channels"], 0);
+    let (_, stats) = common::http(a.port, "GET", "/api/stats", Some(API_KEY), None).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&stats).unwrap()["channels"],
+        0,
+        "{stats}"
+    );
 
     // B stops: its leaving message removes it from A well before the 5 s expiry
     drop(clients);

@@ -6,6 +6,7 @@
 //! Clients can neither subscribe nor publish to the channel ([`block_clients`]).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +36,8 @@ pub(crate) struct Instances {
     address: String,
     started: Instant,
     table: Mutex<BTreeMap<String, Entry>>,
+    /// Whether this instance listens to [`CHANNEL`] (which then counts as a channel).
+    listening: AtomicBool,
 }
 
 fn millis_now() -> u64 {
@@ -52,12 +55,18 @@ impl Instances {
             address,
             started: Instant::now(),
             table: Mutex::new(BTreeMap::new()),
+            listening: AtomicBool::new(false),
         })
     }
 
     /// This instance's id (random, stable for the process).
     pub(crate) fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The server's channel count without the internal [`CHANNEL`].
+    pub(crate) fn visible_channels(&self, channels: usize) -> usize {
+        channels.saturating_sub(usize::from(self.listening.load(Ordering::Relaxed)))
     }
 
     /// Every instance seen in the last [`EXPIRY`], this one first, with `lastSeenMs`
@@ -137,7 +146,7 @@ impl Instances {
             "sentAt": millis_now(),
             "sockets": s.clients,
             "authenticatedSockets": authenticated,
-            "channels": s.channels,
+            "channels": self.visible_channels(s.channels),
             "messagesInPerSec": rate(s.messages_received, |l| l.messages_received),
             "messagesOutPerSec": rate(s.messages_sent, |l| l.messages_sent),
             "bytesInPerSec": rate(s.bytes_received, |l| l.bytes_received),
@@ -178,7 +187,10 @@ pub(crate) async fn run(
         if clustered && sub.is_none() {
             // bounded, so that a backplane outage never holds up the heartbeats or shutdown
             match tokio::time::timeout(PERIOD, server.exchange().subscribe(CHANNEL)).await {
-                Ok(Ok(s)) => sub = Some(s),
+                Ok(Ok(s)) => {
+                    sub = Some(s);
+                    instances.listening.store(true, Ordering::Relaxed);
+                }
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot listen to the cluster heartbeats"),
                 Err(_) => tracing::debug!("cluster heartbeat subscription pending"),
             }
@@ -199,7 +211,10 @@ pub(crate) async fn run(
             p = async { sub.as_mut().expect("guarded").recv().await }, if sub.is_some() => {
                 match p {
                     Some(p) => instances.receive(p.raw_data().map(|d| d.get())),
-                    None => sub = None,
+                    None => {
+                        sub = None;
+                        instances.listening.store(false, Ordering::Relaxed);
+                    }
                 }
             }
         }

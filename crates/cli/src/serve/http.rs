@@ -554,7 +554,7 @@ pub(crate) fn stats(op: &Operator) -> Resp {
             "sockets": s.clients,
             "authenticatedSockets": authenticated,
             "pendingSockets": s.pending_clients,
-            "channels": s.channels,
+            "channels": op.instances.visible_channels(s.channels),
             "messagesIn": s.messages_received,
             "messagesOut": s.messages_sent,
             "bytesIn": s.bytes_received,

@@ -74,7 +74,7 @@ pub(super) fn stats(op: &Operator) -> Resp {
             let mut v = json!({
                 "sockets": s.clients,
                 "authenticatedSockets": authenticated,
-                "channels": s.channels,
+                "channels": instances.visible_channels(s.channels),
                 "messagesInPerSec": rate(s.messages_received, |l| l.messages_received),
                 "messagesOutPerSec": rate(s.messages_sent, |l| l.messages_sent),
                 "bytesInPerSec": rate(s.bytes_received, |l| l.bytes_received),
