@@ -1,14 +1,14 @@
 //! The instances of a cluster (docs/PROTOCOL.md 14.18): two `socketcluster serve` on one
-//! Redis see each other in `/api/instances` with their figures, an instance that stops
+//! Redis (or NATS) see each other in `/api/instances` with their figures, an instance that stops
 //! disappears at once (its `leaving` message), and clients can neither subscribe nor
 //! publish to the internal heartbeat channel.
 //!
-//! The tests start their own `redis-server` on a free port (Debian package
-//! `redis-server`) and fail, never skip, when it is missing.
+//! The tests start their own `redis-server` / `nats-server` on free ports (Debian packages
+//! `redis-server`, `nats-server`) and fail, never skip, when it is missing.
 
 use std::time::Duration;
 
-use sc_test_support::backplane::RedisServer;
+use sc_test_support::backplane::{NatsServer, RedisServer};
 use serde_json::Value;
 use socketcluster_rs_client::Client;
 
@@ -56,9 +56,18 @@ fn by_address(list: &[Value], port: u16) -> Option<&Value> {
 #[tokio::test]
 async fn two_instances_see_each_other_and_the_leaving_one_goes() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let a = serve(&["--broker", &url]).await;
-    let mut b = serve(&["--broker", &url]).await;
+    two_instances(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn two_instances_see_each_other_over_nats() {
+    let nats = NatsServer::start();
+    two_instances(&nats.url()).await;
+}
+
+async fn two_instances(url: &str) {
+    let a = serve(&["--broker", url]).await;
+    let mut b = serve(&["--broker", url]).await;
 
     // the API key protects the list
     let (status, _) = common::http(a.port, "GET", "/api/instances", None, None).await;
