@@ -97,6 +97,12 @@ async fn an_operator_logs_in_watches_and_disconnects_a_socket() {
         b.wait_for("document.getElementById('stat-authenticatedSockets').textContent === '1'")
             .await
     );
+    // the instances table (no backplane: just this one) shows the same count
+    assert!(
+        b.wait_for("[...document.querySelectorAll('#instance-list .instance-sockets')].map(e => e.textContent).join() === '2'")
+            .await,
+        "the instances table shows this instance with 2 sockets"
+    );
     println!(
         "socket count shown {} ms after the clients connected",
         rise.as_millis()

@@ -208,6 +208,7 @@ mod tests {
             proxy: None,
             dashboard: None,
             secure: false,
+            instances: crate::serve::cluster::Instances::new("127.0.0.1:0".into()),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -49,6 +49,8 @@ pub(crate) struct Operator {
     pub(crate) dashboard: Option<super::dashboard_auth::Dashboard>,
     /// Whether the port serves TLS (session cookies are then `Secure`).
     pub(crate) secure: bool,
+    /// The instances of the cluster (`/api/instances`).
+    pub(crate) instances: Arc<super::cluster::Instances>,
 }
 
 impl Operator {
@@ -184,6 +186,7 @@ async fn api(req: Request<Incoming>, op: &Operator) -> Resp {
     match (method, path.as_str()) {
         (Method::GET, "/api/channels") => channels(op),
         (Method::GET, "/api/stats") => stats(op),
+        (Method::GET, "/api/instances") => json_response(StatusCode::OK, &op.instances.snapshot()),
         (Method::GET, "/api/history") => history(op, req.uri().query().unwrap_or("")).await,
         (Method::POST, "/api/publish") => match body_json(req, op).await {
             Ok(v) => publish(op, &v).await,
@@ -201,7 +204,7 @@ async fn api(req: Request<Incoming>, op: &Operator) -> Resp {
             Ok(v) => deauthenticate(op, &v).await,
             Err(r) => r,
         },
-        (_, "/api/channels" | "/api/stats" | "/api/history") => {
+        (_, "/api/channels" | "/api/stats" | "/api/history" | "/api/instances") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
         (_, "/api/publish" | "/api/publish-batch" | "/api/disconnect" | "/api/deauthenticate") => {
@@ -264,6 +267,12 @@ fn publication(v: &Value, what: &str) -> Result<(String, Option<Box<RawValue>>),
         return Err(error(
             StatusCode::BAD_REQUEST,
             format!("{what}: `channel` must not be empty"),
+        ));
+    }
+    if channel == super::cluster::CHANNEL {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("{what}: {channel} is internal to the cluster"),
         ));
     }
     let data = match obj.get("data") {
@@ -525,6 +534,7 @@ pub(crate) fn channels(op: &Operator) -> Resp {
         .server
         .channels()
         .into_iter()
+        .filter(|c| c.name != super::cluster::CHANNEL)
         .map(|c| json!({"channel": c.name, "subscribers": c.subscribers}))
         .collect();
     json_response(StatusCode::OK, &json!({ "channels": list }))
@@ -544,7 +554,7 @@ pub(crate) fn stats(op: &Operator) -> Resp {
             "sockets": s.clients,
             "authenticatedSockets": authenticated,
             "pendingSockets": s.pending_clients,
-            "channels": s.channels,
+            "channels": op.instances.visible_channels(s.channels),
             "messagesIn": s.messages_received,
             "messagesOut": s.messages_sent,
             "bytesIn": s.bytes_received,
@@ -573,6 +583,7 @@ mod tests {
             proxy: None,
             dashboard: None,
             secure: false,
+            instances: super::super::cluster::Instances::new("127.0.0.1:0".into()),
         }
     }
 

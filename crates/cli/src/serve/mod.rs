@@ -1,6 +1,7 @@
 //! `socketcluster serve`: a standalone SocketCluster server.
 
 mod broker_setting;
+pub(crate) mod cluster;
 mod conn;
 mod dashboard;
 mod dashboard_auth;
@@ -358,6 +359,11 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
             }
         };
     let addr = listener.local_addr().ok();
+    cluster::block_clients(&server);
+    let instances = cluster::Instances::new(addr.map_or_else(
+        || format!("{}:{}", settings.host, settings.port),
+        |a| a.to_string(),
+    ));
     let operator = Arc::new(http::Operator {
         server: server.clone(),
         ws_path: settings.path.clone(),
@@ -375,7 +381,15 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
             )
         }),
         secure: settings.tls_cert.is_some(),
+        instances: instances.clone(),
     });
+    let cluster_stop = tokio_util::sync::CancellationToken::new();
+    let heartbeat = tokio::spawn(cluster::run(
+        instances,
+        server.clone(),
+        operator.backplane_probe(),
+        cluster_stop.clone(),
+    ));
     let stop = tokio_util::sync::CancellationToken::new();
     let accept = tokio::spawn(conn::accept_loop(
         listener,
@@ -398,6 +412,7 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
     if let Some(addr) = addr {
         tracing::info!(
             %addr,
+            instance = %operator.instances.id(),
             url = %format!("{scheme}://{addr}{}", settings.path),
             http_api = settings.http_api_key.is_some(),
             dashboard = %if settings.dashboard.enabled { format!("http{}://{addr}{}", if settings.tls_cert.is_some() { "s" } else { "" }, dashboard_auth::PREFIX) } else { "off".into() },
@@ -406,6 +421,9 @@ pub(crate) async fn run(args: ServeArgs, verbose: u8, quiet: u8) -> ExitCode {
         );
     }
     shutdown.recv().await;
+    // tell the other instances first, while the backplane is still there
+    cluster_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(3), heartbeat).await;
     tracing::info!("shutting down: closing every socket with 1001 (clients reconnect)");
     // While draining, /health answers 503 and new WebSocket connections are refused
     // with 503, so a load balancer moves traffic away; then the listener stops.

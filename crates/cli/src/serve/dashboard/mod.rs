@@ -151,6 +151,9 @@ pub(crate) async fn handle(req: Request<Incoming>, op: &Operator, ip: IpAddr) ->
             redirect(PREFIX, Some(session_cookie("", op.secure)))
         }
         (&Method::GET, "api/stats") => http::stats(op),
+        (&Method::GET, "api/instances") => {
+            http::json_response(StatusCode::OK, &op.instances.snapshot())
+        }
         (&Method::GET, "api/channels") => http::channels(op),
         (&Method::GET, "api/sockets") => sockets(op, req.uri().query().unwrap_or("")),
         (&Method::GET, "api/config") => page(

@@ -1,5 +1,5 @@
 //! Server-Sent Events of the dashboard: `events` (the server's figures every second,
-//! with per-second rates) and `events/channel?name=C` (the channel's publications as
+//! with per-second rates, and the instances of the cluster) and `events/channel?name=C` (the channel's publications as
 //! they arrive, through a server-side exchange subscription).
 
 use std::convert::Infallible;
@@ -56,6 +56,7 @@ pub(super) fn stats(op: &Operator) -> Resp {
     let (tx, r) = stream();
     let server = op.server.clone();
     let backplane = op.backplane_probe();
+    let instances = op.instances.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last: Option<socketcluster_rs_server::StatsSnapshot> = None;
@@ -73,13 +74,14 @@ pub(super) fn stats(op: &Operator) -> Resp {
             let mut v = json!({
                 "sockets": s.clients,
                 "authenticatedSockets": authenticated,
-                "channels": s.channels,
+                "channels": instances.visible_channels(s.channels),
                 "messagesInPerSec": rate(s.messages_received, |l| l.messages_received),
                 "messagesOutPerSec": rate(s.messages_sent, |l| l.messages_sent),
                 "bytesInPerSec": rate(s.bytes_received, |l| l.bytes_received),
                 "bytesOutPerSec": rate(s.bytes_sent, |l| l.bytes_sent),
                 "slowConsumerDisconnects": s.slow_consumer_disconnects,
                 "backplane": Value::Null,
+                "instances": instances.snapshot()["instances"].clone(),
             });
             if let Some(probe) = &backplane {
                 v["backplane"] = probe();

@@ -74,7 +74,24 @@ function connectStats() {
         chart(k, x);
       }
     }
+    if (v.instances) renderInstances(v.instances);
   });
+}
+function renderInstances(list) {
+  const body = $("instance-list");
+  body.textContent = "";
+  for (const i of list) {
+    const tr = document.createElement("tr");
+    tr.dataset.address = i.address;
+    cell(tr, i.id + (i.self ? " (this one)" : ""));
+    cell(tr, i.address);
+    cell(tr, i.sockets).className = "instance-sockets";
+    cell(tr, `${i.messagesInPerSec} / ${i.messagesOutPerSec}`);
+    const b = i.backplane;
+    cell(tr, b ? (b.up ? "up" : "DOWN") + " " + (b.state || "") : "none");
+    cell(tr, (i.lastSeenMs / 1000).toFixed(1) + " s ago");
+    body.appendChild(tr);
+  }
 }
 
 // ---- channels
