@@ -3,19 +3,16 @@
 //! exactly once and in order, or is told it could not. A TCP proxy between them cuts the
 //! connection; a real JS client subscribed alongside keeps working unchanged.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use sc_test_support::{JsClient, TcpProxy};
 use serde_json::{Value, json};
-use socketcluster_rs_client::{
-    Client, Event, Events, NotRecovered, Recovery, StreamPosition, SubscribeOptions, Subscription,
-};
+use socketcluster_rs_client::{NotRecovered, Recovery, StreamPosition, SubscribeOptions};
 use socketcluster_rs_server::auth::AuthConfig;
-use socketcluster_rs_server::{HistoryConfig, HistoryRule, Server, ServerConfig};
 
-const WAIT: Duration = Duration::from_secs(20);
-const CHANNEL: &str = "chat/1";
+mod common;
+use common::recovery::{CHANNEL, WAIT, addr, client, disconnected, next_n, publish, recovery};
+use socketcluster_rs_server::{HistoryConfig, HistoryRule, Server, ServerConfig};
 
 async fn server_at(port: u16, size: usize) -> Server {
     let config = ServerConfig::default()
@@ -26,59 +23,6 @@ async fn server_at(port: u16, size: usize) -> Server {
             HistoryConfig::default().with_rule(HistoryRule::new("chat/*").with_size(size)),
         );
     Server::bind(config).await.expect("bind")
-}
-
-fn addr(server: &Server) -> SocketAddr {
-    server.local_addr().expect("listening")
-}
-
-async fn publish(server: &Server, n: u64) {
-    let data = serde_json::value::to_raw_value(&json!({ "n": n })).unwrap();
-    server
-        .exchange()
-        .publish_raw(CHANNEL, Some(data))
-        .await
-        .unwrap();
-}
-
-fn client(port: u16) -> Client {
-    Client::builder(format!("ws://127.0.0.1:{port}/socketcluster/"))
-        .reconnect_delays(
-            Duration::from_millis(100),
-            Duration::from_millis(100),
-            1.5,
-            Duration::from_millis(1000),
-        )
-        .build()
-        .expect("client")
-}
-
-async fn next_n(sub: &mut Subscription) -> (u64, Option<u64>) {
-    let m = tokio::time::timeout(WAIT, sub.recv())
-        .await
-        .expect("a publication in time")
-        .expect("subscription open");
-    (m.value()["n"].as_u64().expect("n"), m.offset())
-}
-
-async fn recovery(events: &mut Events) -> Recovery {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(Event::Recovery { outcome, .. }) = events.recv().await {
-                return outcome;
-            }
-        }
-    })
-    .await
-    .expect("a recovery outcome")
-}
-
-async fn disconnected(events: &mut Events) {
-    tokio::time::timeout(WAIT, async {
-        while !matches!(events.recv().await, Some(Event::Disconnect { .. })) {}
-    })
-    .await
-    .expect("the client noticed the cut");
 }
 
 #[tokio::test]

@@ -2,6 +2,8 @@
 //! process, one-shot CLI runs and a minimal HTTP client. (Each test binary uses a subset.)
 #![allow(dead_code, unreachable_pub)]
 
+pub mod recovery;
+
 use std::process::Stdio;
 use std::time::Duration;
 
