@@ -91,6 +91,7 @@ async fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::print_stderr)] // the measured times, quoted in docs/RELIABILITY.md
 async fn half_open_tcp_is_freed_by_the_server_and_the_client_reconnects_when_the_link_returns() {
     let net = NetNs::create();
     let ping_interval = Duration::from_millis(500);
