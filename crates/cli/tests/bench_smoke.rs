@@ -10,6 +10,8 @@ use serde_json::Value;
 use socketcluster_rs_server::{Request, Server, ServerConfig};
 use tokio::process::Command;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_socketcluster");
 
 async fn echo_server() -> (Server, String) {
@@ -134,4 +136,53 @@ async fn bench_recovery_reports_every_socket_recovered_and_the_retained_memory()
         metric(&v, "server_bytes_per_retained_publication") >= 0.0,
         "{v}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_soak_samples_server_resources_and_gives_a_verdict() {
+    // A real `serve` process: its /proc entry and its /metrics (task gauge) are sampled.
+    let serve = common::Serve::start(&["--port", "0"]).await;
+    let pid = serve.child.id().expect("running").to_string();
+    let url = serve.url();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "bench",
+        "soak",
+        "--url",
+        &url,
+        "--json",
+        "--server-pid",
+        &pid,
+    ])
+    .args(["--duration", "3", "--warmup", "0.5", "--sample-every", "1"])
+    .args(["--rate", "20", "--channels", "3"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("bench soak finished within 60 s")
+        .expect("bench ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench soak failed: {stderr}\n{stdout}"
+    );
+    // The sample table goes to stderr with --json.
+    assert!(stderr.contains("rss_MiB"), "{stderr}");
+    let v: Value = serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
+    assert_eq!(v["scenario"], "soak");
+    let samples = v["params"]["samples"].as_array().expect("samples");
+    assert!(samples.len() >= 3, "{v}");
+    assert!(metric(&v, "cycles") >= 10.0, "{v}");
+    assert_eq!(metric(&v, "cycles_failed"), 0.0, "{v}");
+    assert!(metric(&v, "rss_first") > 1.0, "{v}");
+    assert!(metric(&v, "fds_max") >= 3.0, "{v}");
+    assert!(metric(&v, "threads_max") >= 1.0, "{v}");
+    // The task gauge of serve's /metrics was read.
+    assert!(metric(&v, "tasks_max") >= 1.0, "{v}");
+    let notes = v["notes"].to_string();
+    assert!(notes.contains("verdict:"), "{v}");
 }

@@ -9,7 +9,9 @@
 //! * `idle` ([`idle`]): N connected, authenticated, idle sockets;
 //! * `storm` ([`storm`]): N subscribed sockets, the server killed and restarted;
 //! * `recovery` ([`recovery`]): N sockets on a channel with history miss M publications
-//!   and recover them at once; server memory per retained publication.
+//!   and recover them at once; server memory per retained publication;
+//! * `soak` ([`soak`]): connect/subscribe/publish/disconnect churn at a steady rate,
+//!   the server's RSS, file descriptors, threads and tasks sampled over time.
 //!
 //! Server memory and CPU come from `/proc/PID` of `--server-pid` (or of the server
 //! `storm` starts itself). Every scenario prints a table, or with `--json` one JSON
@@ -22,6 +24,7 @@ mod idle;
 mod process;
 mod recovery;
 mod rpc;
+mod soak;
 mod stats;
 mod storm;
 
@@ -104,6 +107,10 @@ enum Scenario {
     /// N sockets on a channel with history miss M publications and reconnect at once:
     /// time and server CPU until all recovered; server memory per retained publication.
     Recovery(recovery::RecoveryArgs),
+    /// Connect/subscribe/publish/disconnect churn at `--rate` cycles/s for `--duration`
+    /// seconds: the server's RSS, open fds, threads and tasks sampled, with a flatness
+    /// verdict.
+    Soak(soak::SoakArgs),
 }
 
 /// Errors of `socketcluster bench`.
@@ -154,6 +161,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode, BenchError> {
         Scenario::Idle(a) => idle::run(&ctx, a).await?,
         Scenario::Storm(a) => storm::run(&ctx, a).await?,
         Scenario::Recovery(a) => recovery::run(&ctx, a).await?,
+        Scenario::Soak(a) => soak::run(&ctx, a).await?,
     };
     let label = ctx.common.label.as_deref();
     if ctx.common.json {

@@ -60,6 +60,10 @@ fn describe() {
         "socketcluster_channels",
         "Channels with at least one local subscriber"
     );
+    describe_gauge!(
+        "socketcluster_runtime_alive_tasks",
+        "Live tokio tasks of the server process (socket tasks, timers, brokers); flat under steady churn"
+    );
     describe_counter!(
         "socketcluster_connections_accepted_total",
         "WebSocket connections accepted"
@@ -114,6 +118,10 @@ pub(crate) fn record_gauges(server: &Server) {
     metrics::gauge!("socketcluster_sockets_pending").set(s.pending_clients as f64);
     metrics::gauge!("socketcluster_sockets_authenticated").set(authenticated as f64);
     metrics::gauge!("socketcluster_channels").set(s.channels as f64);
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        metrics::gauge!("socketcluster_runtime_alive_tasks")
+            .set(rt.metrics().num_alive_tasks() as f64);
+    }
     metrics::counter!("socketcluster_connections_accepted_total").absolute(s.connections_accepted);
     metrics::counter!("socketcluster_handshakes_completed_total").absolute(s.handshakes_completed);
     metrics::counter!("socketcluster_messages_received_total").absolute(s.messages_received);

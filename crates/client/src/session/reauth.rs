@@ -305,13 +305,33 @@ impl Session {
             return;
         };
         let mut margin = self.opts.reauth_margin.as_secs_f64();
-        if let Some(iat) = claims.get("iat").and_then(serde_json::Value::as_f64) {
-            let lifetime = exp - iat;
-            if lifetime > 0.0 {
-                margin = margin.min(lifetime / 3.0);
+        let iat = claims.get("iat").and_then(serde_json::Value::as_f64);
+        let mut unix_now = (self.unix_now)();
+        if let Some(iat) = iat
+            && exp > iat
+        {
+            margin = margin.min((exp - iat) / 3.0);
+            // The server has just accepted this token, so its clock reads between `iat`
+            // and `exp`. A local wall clock outside that range is wrong (skewed, or it
+            // jumped): follow the token's own timeline instead, as if it had just been
+            // issued. Without this, a clock ahead by more than the lifetime would refresh
+            // in a tight loop and one behind would refresh too late.
+            if unix_now < iat || unix_now >= exp {
+                tracing::warn!(
+                    clock_skew_s = unix_now - iat,
+                    "the local clock disagrees with the token's iat/exp; scheduling the refresh from the token's lifetime"
+                );
+                unix_now = iat;
             }
+        } else if unix_now >= exp {
+            // Accepted by the server but already expired by our clock, and no `iat` to
+            // tell the lifetime: schedule nothing (the server removes the token when it
+            // expires, which asks the provider) rather than refresh in a loop.
+            tracing::warn!("the local clock is past the token's exp; no refresh scheduled");
+            return;
         }
-        let wait = (exp - margin - (self.unix_now)()).max(0.0);
+        // The deadline is a monotonic instant: later wall-clock jumps do not move it.
+        let wait = (exp - margin - unix_now).max(0.0);
         // An `exp` too far away to schedule (or not a number) schedules nothing.
         let Some(at) = std::time::Duration::try_from_secs_f64(wait)
             .ok()

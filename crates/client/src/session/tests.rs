@@ -879,3 +879,81 @@ async fn channels_without_history_are_untouched() {
     h.open(None, unauthenticated());
     assert_eq!(h.frames()[0]["data"], json!({"channel": "news"}));
 }
+
+// ------------------------------------------------------------ clock faults
+// The token's `exp` is wall-clock time; the refresh deadline is a monotonic instant.
+// A client clock that is wrong when the deadline is computed follows the token's
+// lifetime (the server just accepted it, so its clock is within `iat..exp`); a jump
+// after that does not move the deadline (docs/RELIABILITY.md, *Faults*).
+
+fn refresh_after_open(unix_now: fn() -> f64, claims: Value) -> Option<Duration> {
+    let mut o = options(true);
+    o.ping_timeout_disabled = true;
+    let mut h = Harness::new(o);
+    h.s.unix_now = unix_now;
+    let t0 = Instant::now();
+    h.open(Some(&jwt(claims)), authenticated());
+    h.actions();
+    h.s.poll_timeout().map(|at| at - t0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_clock_an_hour_ahead_refreshes_at_the_tokens_lifetime_not_in_a_loop() {
+    let claims = json!({"iat": UNIX_NOW, "exp": UNIX_NOW + 100.0});
+    // Before: exp - margin - now < 0, a refresh at once, and again after every new token.
+    assert_eq!(
+        refresh_after_open(|| UNIX_NOW + 3600.0, claims),
+        Some(Duration::from_secs(70))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_clock_an_hour_behind_refreshes_before_exp_not_an_hour_late() {
+    let claims = json!({"iat": UNIX_NOW, "exp": UNIX_NOW + 100.0});
+    assert_eq!(
+        refresh_after_open(|| UNIX_NOW - 3600.0, claims),
+        Some(Duration::from_secs(70))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_correct_clock_still_uses_the_time_left() {
+    // A token issued 50 s ago (clock within iat..exp): refresh 20 s from now.
+    let claims = json!({"iat": UNIX_NOW - 50.0, "exp": UNIX_NOW + 50.0});
+    // exp - margin (30 s) - now.
+    assert_eq!(
+        refresh_after_open(|| UNIX_NOW, claims),
+        Some(Duration::from_secs(20))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clock_past_exp_without_iat_schedules_no_refresh_loop() {
+    let claims = json!({"exp": UNIX_NOW + 100.0});
+    assert_eq!(refresh_after_open(|| UNIX_NOW + 3600.0, claims), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wall_clock_jump_after_scheduling_does_not_move_the_refresh() {
+    let mut o = options(true);
+    o.ping_timeout_disabled = true;
+    let mut h = Harness::new(o);
+    let t0 = Instant::now();
+    h.open(
+        Some(&jwt(json!({"iat": UNIX_NOW, "exp": UNIX_NOW + 100.0}))),
+        authenticated(),
+    );
+    h.actions();
+    assert_eq!(h.s.poll_timeout(), Some(t0 + Duration::from_secs(70)));
+    // The wall clock jumps a day forward, then an hour back: nothing fires early.
+    h.s.unix_now = || UNIX_NOW + 86_400.0;
+    h.advance_to(t0 + Duration::from_secs(30));
+    assert!(h.actions().is_empty(), "no refresh at 30 s");
+    h.s.unix_now = || UNIX_NOW - 3600.0;
+    h.advance_to(t0 + Duration::from_secs(69));
+    assert!(h.actions().is_empty(), "no refresh at 69 s");
+    assert_eq!(h.s.poll_timeout(), Some(t0 + Duration::from_secs(70)));
+    h.advance_to(t0 + Duration::from_secs(70));
+    let (_, reason) = h.provider_call();
+    assert_eq!(reason, ReauthReason::Expiring);
+}
