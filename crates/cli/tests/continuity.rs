@@ -254,9 +254,11 @@ async fn scenario(js: bool, failure: Failure) {
     sub.subscribed().await.unwrap();
     next_seq(&mut sub, WAIT).await;
 
+    // The provider's 30 s of failures count from the rotation, which comes before the
+    // (JS: seconds long) restart; so does the time to recover.
+    let rotated = Instant::now();
     provider.rotate("key-two");
     server.restart("key-two").await;
-    let restarted = Instant::now();
     let within = match failure {
         Failure::For30s => Duration::from_secs(60),
         _ => WAIT,
@@ -284,7 +286,7 @@ async fn scenario(js: bool, failure: Failure) {
     })
     .await
     .expect("the new server's publications arrive");
-    let recovered_after = restarted.elapsed();
+    let recovered_after = rotated.elapsed();
     let next = next_seq(&mut sub, WAIT).await;
     assert!(next > first_new);
     assert_eq!(client.channel_state(FEED), ChannelState::Subscribed);
