@@ -283,7 +283,14 @@ pub(crate) async fn run(ctx: &Ctx, args: SoakArgs) -> Result<Report, BenchError>
         counters.skipped.load(Ordering::Relaxed) as f64,
         "",
     );
-    report.metric("cycle_rate", ok as f64 / ctx.duration().as_secs_f64(), "/s");
+    // The rate over the measured window: the first sample is taken when the warm-up ends.
+    let warm_cycles = samples.first().map_or(0, |s| s.cycles);
+    report.metric("warmup_cycles", warm_cycles as f64, "");
+    report.metric(
+        "cycle_rate",
+        ok.saturating_sub(warm_cycles) as f64 / ctx.duration().as_secs_f64(),
+        "/s",
+    );
     let xs: Vec<f64> = samples.iter().map(|s| s.at).collect();
     let run_s = ctx.duration().as_secs_f64();
     let mut all_flat = true;
