@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use socketcluster_rs_client::{Client, MemoryTokenStore};
+use socketcluster_rs_client::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 
-use common::{Serve, run_cli};
+use common::{Serve, client_with_claims, run_cli};
 
 const PASSWORD: &str = "correct horse";
 const AUTH_KEY: &str = "jwt-signing-secret-1";
@@ -125,17 +125,7 @@ async fn dashboard() -> Serve {
 }
 
 async fn client(port: u16, claims: Option<Value>) -> Client {
-    let mut b = Client::builder(format!("ws://127.0.0.1:{port}/socketcluster/"));
-    if let Some(c) = claims {
-        let out = run_cli(
-            &["token", "--auth-key", AUTH_KEY, "--claims", &c.to_string()],
-            None,
-        )
-        .await;
-        assert_eq!(out.code, 0, "{}", out.stderr);
-        b = b.token_store(MemoryTokenStore::with_token(out.stdout.trim().to_owned()));
-    }
-    b.connect().await.expect("connects")
+    client_with_claims(port, AUTH_KEY, claims).await
 }
 
 /// Poll `cond` every 20 ms for up to 10 s.

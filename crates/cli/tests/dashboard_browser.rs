@@ -15,29 +15,19 @@ use std::time::{Duration, Instant};
 
 use sc_test_support::JsClient;
 use serde_json::{Value, json};
-use socketcluster_rs_client::{Client, ConnectionState, MemoryTokenStore};
+use socketcluster_rs_client::{Client, ConnectionState};
 
 mod common;
 mod webdriver;
 
-use common::{Serve, run_cli};
+use common::{Serve, client_with_claims};
 use webdriver::Browser;
 
 const PASSWORD: &str = "dashboard pass";
 const AUTH_KEY: &str = "jwt-signing-secret-2";
 
 async fn client(port: u16, claims: Option<Value>) -> Client {
-    let mut b = Client::builder(format!("ws://127.0.0.1:{port}/socketcluster/"));
-    if let Some(c) = claims {
-        let out = run_cli(
-            &["token", "--auth-key", AUTH_KEY, "--claims", &c.to_string()],
-            None,
-        )
-        .await;
-        assert_eq!(out.code, 0, "{}", out.stderr);
-        b = b.token_store(MemoryTokenStore::with_token(out.stdout.trim().to_owned()));
-    }
-    b.connect().await.expect("connects")
+    client_with_claims(port, AUTH_KEY, claims).await
 }
 
 async fn screenshot(browser: &Browser, name: &str) {

@@ -136,6 +136,29 @@ pub async fn run_cli(args: &[&str], stdin: Option<&str>) -> Output {
     }
 }
 
+/// A Rust client of the `serve` on `port`; with `claims`, it holds a token for them signed
+/// with `auth_key` by `socketcluster token`.
+pub async fn client_with_claims(
+    port: u16,
+    auth_key: &str,
+    claims: Option<serde_json::Value>,
+) -> socketcluster_rs_client::Client {
+    let mut b =
+        socketcluster_rs_client::Client::builder(format!("ws://127.0.0.1:{port}/socketcluster/"));
+    if let Some(c) = claims {
+        let out = run_cli(
+            &["token", "--auth-key", auth_key, "--claims", &c.to_string()],
+            None,
+        )
+        .await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        b = b.token_store(socketcluster_rs_client::MemoryTokenStore::with_token(
+            out.stdout.trim().to_owned(),
+        ));
+    }
+    b.connect().await.expect("connects")
+}
+
 /// A minimal HTTP/1.1 request on loopback: (status, body).
 pub async fn http(
     port: u16,
