@@ -2,7 +2,8 @@
 //! (the server sends positions only there), the client remembers the position it
 //! reached, sends it with every resubscription, drops publications it already has,
 //! notices when the live stream jumps (a server lost its backplane link for a while) and
-//! then asks again from where it is, and reports each recovery's outcome. Against a
+//! then asks again from where it is, recovers a restarted stream (a new epoch) from its
+//! start when it missed the start, and reports each recovery's outcome. Against a
 //! server without history (a JS server) nothing here does anything.
 
 use std::sync::Arc;
@@ -98,6 +99,30 @@ impl Session {
             other => {
                 let changed = other.is_some() && !in_flight;
                 let e: Arc<str> = Arc::from(epoch);
+                if changed && offset > 1 {
+                    // The stream restarted and this subscriber missed its first
+                    // publications (e.g. its server subscribed to a restarted backplane
+                    // after other servers had published on it): the old stream's loss is
+                    // reported, the new stream is recovered from its start like any other
+                    // jump (the replay includes this publication).
+                    *other = Some(Reached {
+                        epoch: e,
+                        offset: 0,
+                    });
+                    tracing::info!(
+                        channel,
+                        to = offset,
+                        "new epoch; recovering it from its start"
+                    );
+                    self.report(
+                        channel,
+                        Recovery::NotRecovered {
+                            reason: NotRecovered::EpochChanged,
+                        },
+                    );
+                    self.resync(channel);
+                    return Accept::Drop;
+                }
                 *other = Some(Reached {
                     epoch: e.clone(),
                     offset,

@@ -858,6 +858,52 @@ async fn a_refused_recovery_or_a_new_epoch_is_reported_never_silent() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_restarted_stream_missed_from_its_start_is_recovered_from_its_start() {
+    let mut h = Harness::new(options(false));
+    let mut c = h.subscribe("chat", SubscribeOptions::new());
+    h.open(None, unauthenticated());
+    let f = h.frames();
+    h.reply(&f[0]["cid"], json!({"epoch": "E1", "offset": 0}));
+    h.text(positioned("chat", 1, "E1"));
+    assert_eq!(delivered(&mut c), [1]);
+    h.take_events();
+    // The backplane restarted empty; the first publication this subscriber sees of the
+    // new stream is its third: the two before it were published before this client's
+    // server subscribed again.
+    h.text(positioned("chat", 3, "E2"));
+    assert_eq!(
+        recoveries(&mut h),
+        [crate::channel::Recovery::NotRecovered {
+            reason: NotRecovered::EpochChanged
+        }],
+        "the old stream's loss is reported"
+    );
+    assert!(delivered(&mut c).is_empty(), "held back for the replay");
+    let f = h.frames();
+    assert_eq!(events_of(&f), ["#subscribe chat"]);
+    assert_eq!(f[0]["data"]["recover"], json!({"epoch": "E2", "offset": 0}));
+    for n in 1..=3 {
+        h.text(positioned("chat", n, "E2"));
+    }
+    h.reply(
+        &f[0]["cid"],
+        json!({"epoch": "E2", "offset": 3, "recovered": true}),
+    );
+    assert_eq!(
+        delivered(&mut c),
+        [1, 2, 3],
+        "the new stream from its start"
+    );
+    assert_eq!(
+        recoveries(&mut h),
+        [crate::channel::Recovery::Recovered { publications: 3 }]
+    );
+    h.text(positioned("chat", 4, "E2"));
+    assert_eq!(delivered(&mut c), [4]);
+    assert!(h.frames().is_empty(), "no further request");
+}
+
+#[tokio::test(start_paused = true)]
 async fn channels_without_history_are_untouched() {
     let mut h = Harness::new(options(false));
     let mut c = h.subscribe("news", SubscribeOptions::new());
