@@ -68,18 +68,23 @@ async fn server() -> (Server, String) {
         let data = req.take_raw_data();
         req.respond_raw(data);
     });
-    server.procedure("login", |req: Request| async move {
-        let claims = serde_json::json!({"username": "alice"});
-        match req
-            .socket()
-            .set_auth_token(&claims, SignOptions::default())
-            .await
-        {
-            Ok(_) => req.end(),
-            Err(e) => req.error(socketcluster_rs_server::ErrorObject::new(
-                "LoginError",
-                e.to_string(),
-            )),
+    let logins = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    server.procedure("login", move |req: Request| {
+        // each login's token differs, even within the same second
+        let n = logins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            let claims = serde_json::json!({"username": "alice", "login": n});
+            match req
+                .socket()
+                .set_auth_token(&claims, SignOptions::default())
+                .await
+            {
+                Ok(_) => req.end(),
+                Err(e) => req.error(socketcluster_rs_server::ErrorObject::new(
+                    "LoginError",
+                    e.to_string(),
+                )),
+            }
         }
     });
     let url = format!("ws://{}/socketcluster/", server.local_addr().unwrap());
@@ -132,6 +137,24 @@ async fn still_works(client: &Client, channel: &str) {
     assert_eq!(m.data_str(), Some("\"hello\""));
 }
 
+/// Drop the connection and wait for the next handshake; the events until then (debug
+/// text).
+async fn reconnected(client: &Client, events: &mut Events) -> Vec<String> {
+    client.reconnect();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let mut seen = Vec::new();
+        while let Some(e) = events.next().await {
+            if matches!(e, Event::Connect { .. }) {
+                return seen;
+            }
+            seen.push(format!("{e:?}"));
+        }
+        panic!("event stream ended before connect");
+    })
+    .await
+    .expect("reconnected within 20 s")
+}
+
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .expect("read dir")
@@ -178,11 +201,21 @@ async fn file_token_store_on_a_read_only_disk_reports_errors_and_keeps_working()
     let err = error_event(&mut events, "FailedToSaveTokenError").await;
     assert!(err.contains("Read-only file system"), "{err}");
     still_works(&client, "ro").await;
+    // A reconnect uses the new token, not the one the file still holds.
+    let new_token = client.signed_auth_token().expect("new token");
+    assert_ne!(new_token, token);
+    reconnected(&client, &mut events).await;
+    assert_eq!(client.signed_auth_token().as_deref(), Some(&*new_token));
+    assert!(client.is_authenticated());
     // Deauthenticating cannot delete the file either: reported the same way.
     client.deauthenticate().await;
     let err = error_event(&mut events, "FailedToRemoveTokenError").await;
     assert!(err.contains("Read-only file system"), "{err}");
     assert!(!client.is_authenticated());
+    // ... and a reconnect does not log back in with the file's stale token.
+    reconnected(&client, &mut events).await;
+    assert!(!client.is_authenticated(), "deauthenticated stays so");
+    assert_eq!(std::fs::read_to_string(fs.path("token")).unwrap(), token);
     let echoed: String = client.invoke("echo", "after").await.expect("echo answered");
     assert_eq!(echoed, "after");
     assert_eq!(entries(&fs.dir), ["token"], "nothing written");
@@ -208,6 +241,14 @@ async fn file_token_store_on_a_full_disk_reports_an_error_and_keeps_working() {
     let err = error_event(&mut events, "FailedToSaveTokenError").await;
     assert!(err.contains("No space left on device"), "{err}");
     still_works(&client, "full").await;
+    // A reconnect keeps the token the disk could not take.
+    let seen = reconnected(&client, &mut events).await;
+    assert!(client.is_authenticated(), "the unsaved token is used");
+    assert!(
+        seen.iter()
+            .any(|e| e.contains("FailedToSaveTokenError") && e.contains("No space left")),
+        "the save is tried again: {seen:?}"
+    );
     // The temporary file of the failed atomic write was removed; no partial token.
     assert_eq!(entries(&fs.dir), ["filler"]);
     client.close().await;

@@ -57,6 +57,14 @@ pub struct AuthStatus {
 
 /// Where the client keeps its signed token between connections (the JS `authEngine`).
 /// All methods are awaited by the connection task, so they should be quick.
+///
+/// A failed `save` or `remove` is reported as an `error` event (`FailedToSaveTokenError`,
+/// `FailedToRemoveTokenError`) and does not end the session. Until a later change
+/// succeeds, the client's handshakes use what the store should hold (the new token, or
+/// none after a removal) instead of calling `load`, and try the failed change again on
+/// each reconnect: a full or read-only disk never takes a reconnect back to a replaced
+/// token, nor logs a deauthenticated client back in with the stale one. (The JS client
+/// reloads the store on every handshake.)
 pub trait TokenStore: Send + Sync + 'static {
     /// The stored token, if any.
     fn load(&self) -> BoxFuture<'_, Result<Option<String>, TokenStoreError>>;

@@ -69,8 +69,22 @@ impl Session {
         }
     }
 
+    /// The oldest token-store change finished: when it failed, the session remembers what
+    /// the store should have recorded, so that a reconnect neither goes back to the token
+    /// the server replaced nor to one the client gave up (a deauthentication the store
+    /// could not record must not be undone by the next handshake).
+    fn on_store_done(&mut self, ok: bool) {
+        let change = self.store_pending.pop_front();
+        if ok {
+            self.store_fallback = None;
+        } else if let Some(change) = change {
+            self.store_fallback = Some(change);
+        }
+    }
+
     /// A token-store write ([`Action::SaveToken`]) finished.
     pub(crate) fn on_token_saved(&mut self, r: Result<(), TokenStoreError>) {
+        self.on_store_done(r.is_ok());
         if let Err(e) = r {
             tracing::warn!(error = %e, "failed to save the auth token");
             self.emit(Event::Error(local_error(
@@ -86,6 +100,7 @@ impl Session {
         emit: bool,
         r: Result<Option<String>, TokenStoreError>,
     ) {
+        self.on_store_done(r.is_ok());
         match r {
             Ok(old) => {
                 if emit {

@@ -42,7 +42,8 @@ impl Session {
         self.close_connection(now, CloseCode::ABNORMAL, None, false);
     }
 
-    /// The WebSocket is open: the stored token is read next ([`Action::LoadToken`]).
+    /// The WebSocket is open: the stored token is read next ([`Action::LoadToken`]), unless
+    /// the store failed to record the last change (then the token it should hold is used).
     /// Returns false (the driver drops the socket) when no dial was expected.
     pub(crate) fn on_socket_open(&mut self, now: Instant) -> bool {
         if !matches!(self.phase, Phase::Dialing) {
@@ -52,7 +53,18 @@ impl Session {
         self.phase = Phase::Handshaking;
         self.ping_timeout = self.opts.connect_timeout;
         self.ping_reset(now);
-        self.act(Action::LoadToken);
+        match self.store_fallback.clone() {
+            // The store failed to record the last change: use what it should hold, and try
+            // to record it again.
+            Some(token) => {
+                match &token {
+                    Some(t) => self.act(Action::SaveToken(t.clone())),
+                    None => self.act(Action::RemoveToken { emit: false }),
+                }
+                self.on_token_loaded(now, Ok(token));
+            }
+            None => self.act(Action::LoadToken),
+        }
         true
     }
 

@@ -220,6 +220,13 @@ pub(crate) struct Session {
     auth_state: AuthState,
     signed_token: Option<String>,
     claims: Option<Value>,
+    /// The token-store changes asked for and not finished yet, in order: `Some(token)` a
+    /// save, `None` a removal.
+    store_pending: VecDeque<Option<String>>,
+    /// The store failed to record the last change: what the next handshake sends instead
+    /// of what the store holds (`Some(None)`: no token; the store still has the one the
+    /// client gave up). `None`: the store is up to date.
+    store_fallback: Option<Option<String>>,
     provider_seq: u64,
     /// Consecutive failed re-authentication attempts and the delay formula.
     reauth_backoff: Backoff,
@@ -281,6 +288,8 @@ impl Session {
             auth_state: AuthState::Unauthenticated,
             signed_token: None,
             claims: None,
+            store_pending: VecDeque::new(),
+            store_fallback: None,
             provider_seq: 0,
             reauth_backoff,
             unix_now: system_unix_now,
@@ -412,6 +421,11 @@ impl Session {
     }
 
     fn act(&mut self, a: Action) {
+        match &a {
+            Action::SaveToken(t) => self.store_pending.push_back(Some(t.clone())),
+            Action::RemoveToken { .. } => self.store_pending.push_back(None),
+            _ => {}
+        }
         self.out.actions.push_back(a);
     }
 

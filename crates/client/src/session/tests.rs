@@ -713,6 +713,64 @@ async fn closing_while_the_provider_runs_cancels_it_and_ignores_its_late_answer(
     assert!(h.actions().is_empty());
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_token_change_the_store_could_not_record_is_what_the_next_handshake_uses() {
+    let failed = || Err(crate::TokenStoreError(std::io::Error::other("read-only")));
+    let reconnect = |h: &mut Harness| {
+        h.s.on_socket_closed(Instant::now(), CloseFrame::Code(4000, String::new()));
+        h.actions();
+        h.command(Command::Connect { done: None });
+        assert!(matches!(h.actions()[..], [Action::Dial]));
+        assert!(h.s.on_socket_open(Instant::now()));
+        (h.actions(), h.frames())
+    };
+    let mut h = Harness::new(options(false));
+    let old = jwt(json!({"v": 1}));
+    let new = jwt(json!({"v": 2}));
+    h.open(Some(&old), authenticated());
+    h.actions();
+    // The server replaces the token; the store cannot save it.
+    h.text(json!({"event": "#setAuthToken", "data": {"token": new}}));
+    assert!(
+        h.actions()
+            .iter()
+            .any(|a| matches!(a, Action::SaveToken(t) if *t == new))
+    );
+    h.s.on_token_saved(failed());
+    // The next handshake sends the new token, not the store's old one, and the save is
+    // tried again.
+    let (actions, hs) = reconnect(&mut h);
+    assert!(
+        matches!(&actions[..], [Action::SaveToken(t)] if *t == new),
+        "{actions:?}"
+    );
+    assert_eq!(hs[0]["event"], "#handshake");
+    assert_eq!(hs[0]["data"]["authToken"], json!(new));
+    h.reply(&hs[0]["cid"], authenticated());
+    h.s.on_token_saved(Ok(()));
+    // Now the server removes the token and the store cannot delete it: the next
+    // handshake sends none (the removal is not undone by the stale file).
+    h.text(json!({"event": "#removeAuthToken"}));
+    assert!(
+        h.actions()
+            .iter()
+            .any(|a| matches!(a, Action::RemoveToken { .. }))
+    );
+    h.s.on_token_removed(true, failed().map(|()| None));
+    let (actions, hs) = reconnect(&mut h);
+    assert!(
+        matches!(&actions[..], [Action::RemoveToken { emit: false }]),
+        "{actions:?}"
+    );
+    assert_eq!(hs[0]["data"]["authToken"], Value::Null);
+    h.reply(&hs[0]["cid"], unauthenticated());
+    h.s.on_token_removed(false, Ok(Some(new.clone())));
+    // The store is up to date again: the handshake after that reads it.
+    let (actions, hs) = reconnect(&mut h);
+    assert!(matches!(actions[..], [Action::LoadToken]), "{actions:?}");
+    assert!(hs.is_empty());
+}
+
 // ---------------------------------------------------------------- recovery (14.16)
 
 fn positioned(channel: &str, n: u64, epoch: &str) -> Value {
