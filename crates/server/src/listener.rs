@@ -288,9 +288,33 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 async fn reject(io: &mut Box<dyn Io>, state: &ServerState, r: HttpReject) {
     state.stats.http_rejections.fetch_add(1, Ordering::Relaxed);
     tracing::info!(status = r.status, "handshake rejected");
-    let _ = io.write_all(r.encode().as_bytes()).await;
-    let _ = io.flush().await;
-    let _ = io.shutdown().await;
+    let limits = &state.config.limits;
+    let _ = tokio::time::timeout(limits.close_timeout, async {
+        if io.write_all(r.encode().as_bytes()).await.is_err()
+            || io.flush().await.is_err()
+            || io.shutdown().await.is_err()
+        {
+            return;
+        }
+        linger(io, limits.linger_bytes()).await;
+    })
+    .await;
+}
+
+/// Lingering close of a refused upgrade (RFC 7230 §6.6): with our side shut down, read
+/// and discard what the client still sends (at most `budget` bytes) until it closes its
+/// side (the same budget as a WebSocket's lingering close, [`crate::Limits::linger_bytes`];
+/// the caller bounds the time by `close_timeout`). Closing with unread input makes the
+/// kernel send a reset, and a client still writing an oversized head fails its write and
+/// never reads its 431.
+async fn linger(io: &mut Box<dyn Io>, mut budget: usize) {
+    let mut buf = [0u8; 8 * 1024];
+    while let Ok(n) = io.read(&mut buf).await {
+        if n == 0 || n >= budget {
+            return;
+        }
+        budget -= n;
+    }
 }
 
 /// Perform the HTTP upgrade on a raw connection and start the socket.

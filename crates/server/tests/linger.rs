@@ -98,6 +98,20 @@ const REST: usize = 12 << 20;
 /// `REST` bytes, and only then read. Returns the close code of the first close frame,
 /// or what went wrong.
 async fn close_code(tcp: TcpStream, trigger: Vec<u8>) -> Result<u16, String> {
+    let got = received_while_sending(tcp, trigger).await?;
+    let mut rd = &got[..];
+    loop {
+        match read_frame(&mut rd).await {
+            Some((8, p)) if p.len() >= 2 => return Ok(u16::from_be_bytes([p[0], p[1]])),
+            Some(_) => continue,
+            None => return Err("no close frame".into()),
+        }
+    }
+}
+
+/// Send `trigger`, then `REST` bytes, then read: everything the server sent, or the
+/// write error.
+async fn received_while_sending(tcp: TcpStream, trigger: Vec<u8>) -> Result<Vec<u8>, String> {
     let (mut r, mut w) = tcp.into_split();
     w.write_all(&trigger).await.unwrap();
     let reader = tokio::spawn(async move {
@@ -117,17 +131,28 @@ async fn close_code(tcp: TcpStream, trigger: Vec<u8>) -> Result<u16, String> {
         sent += junk.len();
     }
     drop(w);
-    let got = tokio::time::timeout(WAIT, reader)
+    Ok(tokio::time::timeout(WAIT, reader)
         .await
         .expect("the server never closed the connection")
-        .unwrap();
-    let mut rd = &got[..];
-    loop {
-        match read_frame(&mut rd).await {
-            Some((8, p)) if p.len() >= 2 => return Ok(u16::from_be_bytes([p[0], p[1]])),
-            Some(_) => continue,
-            None => return Err("no close frame".into()),
-        }
+        .unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_an_oversized_upgrade_head_receives_the_431() {
+    let server = start(config()).await;
+    let addr = server.local_addr().unwrap();
+    for round in 0..5 {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        // A header line far over `max_http_header_bytes` (16 KiB): 12 MiB of it.
+        let trigger = b"GET /socketcluster/ HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+        let got = received_while_sending(tcp, trigger).await;
+        let head = got
+            .as_deref()
+            .map(|g| String::from_utf8_lossy(&g[..g.len().min(40)]).into_owned());
+        assert!(
+            head.as_deref().is_ok_and(|h| h.starts_with("HTTP/1.1 431")),
+            "round {round}: {head:?}"
+        );
     }
 }
 

@@ -98,6 +98,12 @@ where
             let _ = io
                 .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                 .await;
+            linger(
+                io,
+                op.max_body.saturating_mul(2).max(1 << 20),
+                LINGER_TIMEOUT,
+            )
+            .await;
         }
         return;
     }
@@ -106,9 +112,13 @@ where
     if path == op.ws_path {
         if op.shutting_down.load(Ordering::Acquire) {
             let mut io = io;
-            let _ = io
+            if io
                 .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 13\r\nconnection: close\r\n\r\nShutting down")
-                .await;
+                .await
+                .is_ok()
+            {
+                linger(io, op.max_body.saturating_mul(2).max(1 << 20), LINGER_TIMEOUT).await;
+            }
             return;
         }
         op.server.serve_connection(io, Some(addr), secure);
@@ -217,6 +227,37 @@ mod tests {
         (addr, stop)
     }
 
+    /// Send `head`, then `rest` bytes of filler, and only then read (like most HTTP
+    /// clients with a body): what the server answered, or the write error.
+    async fn answer_after_sending(
+        addr: std::net::SocketAddr,
+        head: &[u8],
+        rest: usize,
+    ) -> Result<String, String> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut r, mut w) = tcp.into_split();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let _ = r.read_to_end(&mut got).await;
+            got
+        });
+        w.write_all(head).await.unwrap();
+        let chunk = vec![b' '; 16 * 1024];
+        let mut sent = 0;
+        while sent < rest {
+            if let Err(e) = w.write_all(&chunk).await {
+                return Err(format!("write failed after {sent} bytes: {e}"));
+            }
+            sent += chunk.len();
+        }
+        drop(w);
+        let got = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("the server never closed the connection")
+            .unwrap();
+        Ok(String::from_utf8_lossy(&got).into_owned())
+    }
+
     /// A client that sends its whole (too large) body before it reads, like most HTTP
     /// clients, receives the 413: the server lingers instead of resetting the
     /// connection while the body is still coming (without lingering the client's
@@ -226,38 +267,34 @@ mod tests {
         let max_body = 8 << 20;
         let body_len: usize = 12 << 20;
         let (addr, stop) = api_server(max_body).await;
+        let head = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\
+             Content-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n"
+        );
         for round in 0..3 {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            let (mut r, mut w) = tcp.into_split();
-            let reader = tokio::spawn(async move {
-                let mut got = Vec::new();
-                let _ = r.read_to_end(&mut got).await;
-                got
-            });
-            w.write_all(
-                format!(
-                    "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\
-                     Content-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n"
-                )
-                .as_bytes(),
-            )
-            .await
-            .unwrap();
-            let chunk = vec![b' '; 16 * 1024];
-            let mut sent = 0;
-            while sent < body_len {
-                if let Err(e) = w.write_all(&chunk).await {
-                    panic!("round {round}: write failed after {sent} bytes: {e}");
-                }
-                sent += chunk.len();
+            let text = answer_after_sending(addr, head.as_bytes(), body_len).await;
+            assert!(
+                text.as_deref().is_ok_and(|t| t.starts_with("HTTP/1.1 413")),
+                "round {round}: {text:?}"
+            );
+        }
+        stop.cancel();
+    }
+
+    /// The same for a request head over the limit (any path, the WebSocket one too):
+    /// the client still writing it receives the 431.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_still_sending_an_oversized_head_receives_the_431() {
+        let (addr, stop) = api_server(8 << 20).await;
+        for path in ["/socketcluster/", "/api/publish"] {
+            let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-Big: ");
+            for round in 0..3 {
+                let text = answer_after_sending(addr, head.as_bytes(), 12 << 20).await;
+                assert!(
+                    text.as_deref().is_ok_and(|t| t.starts_with("HTTP/1.1 431")),
+                    "{path} round {round}: {text:?}"
+                );
             }
-            drop(w);
-            let got = tokio::time::timeout(Duration::from_secs(10), reader)
-                .await
-                .expect("the server never closed the connection")
-                .unwrap();
-            let text = String::from_utf8_lossy(&got);
-            assert!(text.starts_with("HTTP/1.1 413"), "round {round}: {text}");
         }
         stop.cancel();
     }
