@@ -127,6 +127,20 @@ struct Log {
     failed: Vec<u64>,
 }
 
+impl Log {
+    /// The client was told its channel's stream restarted (its history may be lost).
+    fn told_new_epoch(&self) -> bool {
+        self.recoveries.iter().any(|r| {
+            matches!(
+                r,
+                Recovery::NotRecovered {
+                    reason: NotRecovered::EpochChanged
+                }
+            )
+        })
+    }
+}
+
 struct Peer {
     id: usize,
     channel: String,
@@ -483,15 +497,7 @@ async fn backplane_killed(mut backplane: impl BackplaneServer, history: bool) {
     let window = |sub: &Peer, sent: Instant| {
         let from = sent + Duration::from_secs(2) >= killed;
         if history {
-            from && sent <= killed
-                && sub.log.lock().unwrap().recoveries.iter().any(|r| {
-                    matches!(
-                        r,
-                        Recovery::NotRecovered {
-                            reason: NotRecovered::EpochChanged
-                        }
-                    )
-                })
+            from && sent <= killed && sub.log.lock().unwrap().told_new_epoch()
         } else {
             from && sent <= back
         }
@@ -535,12 +541,7 @@ async fn backplane_killed(mut backplane: impl BackplaneServer, history: bool) {
         for p in &peers {
             let log = p.log.lock().unwrap();
             assert!(
-                log.recoveries.iter().any(|r| matches!(
-                    r,
-                    Recovery::NotRecovered {
-                        reason: NotRecovered::EpochChanged
-                    }
-                )),
+                log.told_new_epoch(),
                 "client {} was told its channel's history restarted: {:?}",
                 p.id,
                 log.recoveries
@@ -635,12 +636,7 @@ async fn killing_the_server_during_a_reconnect_storm_loses_no_subscription() {
         assert_eq!(seqs, [1, 2], "client {}: each round once", p.id);
         // The history died with the process: the client was told, not left to guess.
         assert!(
-            log.recoveries.iter().any(|r| matches!(
-                r,
-                Recovery::NotRecovered {
-                    reason: NotRecovered::EpochChanged
-                }
-            )),
+            log.told_new_epoch(),
             "client {}: {:?}",
             p.id,
             log.recoveries
