@@ -196,7 +196,8 @@ async fn subscribe_recover_prints_positions_and_resumes_from_a_stored_one() {
         out.stderr
     );
     subscribers(&serve, "chat/1", 0).await;
-    // A position from another epoch: told, then live ones.
+    // A position from another epoch: told, then the current stream from its start (what
+    // it still holds), then live ones.
     let url2 = url.clone();
     let sub = tokio::spawn(async move {
         run_cli(
@@ -207,7 +208,7 @@ async fn subscribe_recover_prints_positions_and_resumes_from_a_stored_one() {
                 "--from",
                 "OLDEPOCH:7",
                 "--count",
-                "1",
+                "6",
                 "chat/1",
             ],
             None,
@@ -218,9 +219,16 @@ async fn subscribe_recover_prints_positions_and_resumes_from_a_stored_one() {
     publish(&serve, "chat/1", json!({"n": 6})).await;
     let out = sub.await.unwrap();
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(lines(&out.stdout)[0]["offset"], 6);
+    let offsets: Vec<Value> = lines(&out.stdout)
+        .iter()
+        .map(|l| l["offset"].clone())
+        .collect();
+    assert_eq!(offsets, (1..=6).map(|n| json!(n)).collect::<Vec<_>>());
     assert!(
-        out.stderr.contains("not recovered chat/1"),
+        out.stderr.contains("not recovered chat/1")
+            && out
+                .stderr
+                .contains("recovered chat/1: 5 missed publication(s) replayed"),
         "{}",
         out.stderr
     );

@@ -120,6 +120,46 @@ async fn a_restarted_in_process_server_reports_not_recovered() {
     client.close().await;
 }
 
+/// The restarted server's stream already holds publications when the client comes back:
+/// the old stream's loss is reported, and the new stream arrives from its start.
+#[tokio::test]
+async fn after_a_restart_the_new_stream_is_recovered_from_its_start() {
+    let old = server_at(0, 1000).await;
+    let proxy = TcpProxy::start(addr(&old)).await;
+    let client = client(proxy.port());
+    let mut events = client.events();
+    let mut sub = client.subscribe(CHANNEL).await.unwrap();
+    sub.subscribed().await.unwrap();
+    publish(&old, 1).await;
+    assert_eq!(next_n(&mut sub).await, (1, Some(1)));
+    proxy.set_refusing(true);
+    proxy.cut();
+    disconnected(&mut events).await;
+    old.shutdown().await;
+    let new = server_at(0, 1000).await;
+    for n in 2..=4 {
+        publish(&new, n).await;
+    }
+    proxy.retarget(addr(&new));
+    proxy.set_refusing(false);
+    assert_eq!(
+        recovery(&mut events).await,
+        Recovery::NotRecovered {
+            reason: NotRecovered::EpochChanged
+        }
+    );
+    assert_eq!(
+        recovery(&mut events).await,
+        Recovery::Recovered { publications: 3 }
+    );
+    for (n, offset) in [(2, 1), (3, 2), (4, 3)] {
+        assert_eq!(next_n(&mut sub).await, (n, Some(offset)), "once, in order");
+    }
+    publish(&new, 5).await;
+    assert_eq!(next_n(&mut sub).await, (5, Some(4)));
+    client.close().await;
+}
+
 #[tokio::test]
 async fn a_trimmed_history_reports_not_recovered_and_replays_nothing() {
     let server = server_at(0, 10).await;

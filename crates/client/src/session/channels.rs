@@ -282,7 +282,7 @@ impl Session {
         entry.request = ChannelRequest::Idle;
         let options = entry.options.wire_options();
         let Some(err) = r.error() else {
-            self.on_subscribed_position(&channel, &r);
+            let recover_new_epoch = self.on_subscribed_position(&channel, &r);
             let Some(entry) = self.channels.get_mut(&channel) else {
                 return;
             };
@@ -295,11 +295,17 @@ impl Session {
                     old: ChannelState::Pending,
                     new: ChannelState::Subscribed,
                 });
-                self.emit(Event::Subscribe { channel, options });
+                self.emit(Event::Subscribe {
+                    channel: channel.clone(),
+                    options,
+                });
             }
             if was_retry {
                 // The re-authentication it waited for worked.
                 self.reauth_backoff.reset();
+            }
+            if recover_new_epoch {
+                self.resync(&channel);
             }
             return;
         };

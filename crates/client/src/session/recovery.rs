@@ -146,20 +146,30 @@ impl Session {
     }
 
     /// A confirmed `#subscribe` of a channel: adopt the reply's position and report the
-    /// recovery's outcome.
-    pub(super) fn on_subscribed_position(&mut self, channel: &str, r: &ResponsePacket) {
+    /// recovery's outcome. Returns true when the stream restarted (a new epoch) and already
+    /// holds publications this subscriber has not seen: the caller then asks for the new
+    /// stream from its start (the old stream's loss is reported either way).
+    pub(super) fn on_subscribed_position(&mut self, channel: &str, r: &ResponsePacket) -> bool {
         let Some(entry) = self.channels.get_mut(channel) else {
-            return;
+            return false;
         };
         let stream = &mut entry.stream;
         let asked = std::mem::take(&mut stream.recovering);
         let replayed = std::mem::take(&mut stream.replayed);
         let Some(reply) = SubscribeReply::parse(r.data.as_deref()) else {
-            return;
+            return false;
         };
+        let new_epoch_missed = matches!(reply.recovery, Some(Err(NotRecovered::EpochChanged)))
+            && reply.position.offset > 0;
         stream.reached = Some(Reached {
             epoch: Arc::from(reply.position.epoch.as_str()),
-            offset: reply.position.offset,
+            // From the new stream's start: live publications past it are held back (a
+            // jump) until the replay.
+            offset: if new_epoch_missed {
+                0
+            } else {
+                reply.position.offset
+            },
         });
         let outcome = match reply.recovery {
             Some(Ok(())) => Recovery::Recovered {
@@ -169,9 +179,10 @@ impl Session {
             None if asked => Recovery::NotRecovered {
                 reason: NotRecovered::Other,
             },
-            None => return,
+            None => return false,
         };
         self.report(channel, outcome);
+        new_epoch_missed
     }
 
     /// Tell the application how a recovery went (event and channel status).

@@ -898,11 +898,31 @@ async fn a_refused_recovery_or_a_new_epoch_is_reported_never_silent() {
             reason: NotRecovered::EpochChanged
         }]
     );
+    // The new stream already holds 3 publications this client never saw: it asks for
+    // them (from offset 0 of the new epoch); a live one meanwhile waits for the replay.
+    let f = h.frames();
+    assert_eq!(events_of(&f), ["#subscribe chat"]);
+    assert_eq!(
+        f[0]["data"]["recover"],
+        json!({"epoch": "NEW", "offset": 0})
+    );
     h.text(positioned("chat", 4, "NEW"));
+    assert!(delivered(&mut c).is_empty());
+    for n in 1..=4 {
+        h.text(positioned("chat", n, "NEW"));
+    }
+    h.reply(
+        &f[0]["cid"],
+        json!({"epoch": "NEW", "offset": 4, "recovered": true}),
+    );
     assert_eq!(
         delivered(&mut c),
-        [4],
-        "continues from the reply's position"
+        [1, 2, 3, 4],
+        "the new stream from its start"
+    );
+    assert_eq!(
+        recoveries(&mut h),
+        [crate::channel::Recovery::Recovered { publications: 4 }]
     );
     // The live stream restarts (another epoch): reported, and followed.
     h.text(positioned("chat", 1, "NEWER"));
