@@ -241,7 +241,9 @@ pub(crate) struct SubscribeArgs {
     #[arg(long)]
     recover: bool,
     /// Resume from a stored position `EPOCH:OFFSET` (one channel only; implies
-    /// `--recover`): the publications after it are printed first.
+    /// `--recover`): the publications after it are printed first. A position of another
+    /// epoch (the history was lost) is reported as not recovered, and what the current
+    /// stream holds is printed from its start.
     #[arg(long, value_name = "EPOCH:OFFSET")]
     from: Option<String>,
     /// Channels.
