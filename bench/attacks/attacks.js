@@ -3,7 +3,7 @@
 // default options) and against `socketcluster serve` (default options), side by side.
 // See bench/attacks/README.md; the driver is bench/attacks/run.
 //
-//   node attacks.js run --ours PATH [--only name,name] [--out FILE.json]
+//   node attacks.js run --ours PATH [--only id,id] [--servers js,ours,...] [--out FILE.json]
 //       For every attack and every server configuration: start a fresh server, measure
 //       its idle RSS and fds, run the attack in a child process (its own event loop),
 //       poll the server's VmRSS every 50 ms and its fds every 250 ms, probe it with a
@@ -171,9 +171,11 @@ class Conn {
   }
 }
 
-function connectTcp(port, localAddress) {
+// `allowHalfOpen`: keep writing after the server's FIN (Node's default ends our side and
+// makes further writes fail with EPIPE at once, which would hide what the server does).
+function connectTcp(port, localAddress, allowHalfOpen = false) {
   return new Promise((resolve, reject) => {
-    const sock = net.connect({host: '127.0.0.1', port, localAddress});
+    const sock = net.connect({host: '127.0.0.1', port, localAddress, allowHalfOpen});
     sock.setNoDelay(true);
     const onErr = (e) => reject(e);
     sock.once('error', onErr);
@@ -186,8 +188,8 @@ function connectTcp(port, localAddress) {
 
 // Upgrade and SocketCluster handshake. Resolves with the Conn (rejects with a message
 // saying what went wrong).
-async function openSc(port, {localAddress, autoPong = true, timeoutMs = 10000} = {}) {
-  const sock = await connectTcp(port, localAddress);
+async function openSc(port, {localAddress, autoPong = true, timeoutMs = 10000, allowHalfOpen = false} = {}) {
+  const sock = await connectTcp(port, localAddress, allowHalfOpen);
   const c = new Conn(sock, {autoPong});
   return await new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -368,7 +370,7 @@ ATTACKS.batch = async (port, {sockets = 1, element = '0'}) => {
 // A frame over the max payload, written completely before the attacker looks at what it
 // got (it reads all along into a buffer, like the kernel would, but only looks at the end).
 ATTACKS.oversized = async (port, {size}) => {
-  const c = withRpc(await openSc(port));
+  const c = withRpc(await openSc(port, {allowHalfOpen: true}));
   const chunk = Buffer.alloc(64 * 1024, 'x');
   const t0 = now();
   let written = 0;
@@ -385,13 +387,15 @@ ATTACKS.oversized = async (port, {size}) => {
   };
   await Promise.race([writeAll(), sleep(25000)]);
   const tWritten = now() - t0;
+  const serverEndedBeforeAllWritten = c.ended != null;
   // A request after the big message: answered if the server kept the socket.
   let answered = null;
   if (!c.sock.destroyed) {
     c.rpc('#subscribe', {channel: 'after-big'}).then((m) => { answered = {t: now(), error: m.error ? m.error.name : null}; });
   }
-  await until(() => answered || c.gone, 10000);
+  await until(() => answered || c.gone || c.ended != null, 10000);
   mark('end');
+  if (c.ended != null) c.sock.end();
   // bytes the kernel took (frame header included), not just what was queued in Node
   const kernelTook = c.sock.bytesWritten;
   const r = {
@@ -400,8 +404,10 @@ ATTACKS.oversized = async (port, {size}) => {
     wroteAll: kernelTook >= size && !writeError,
     writeMs: tWritten,
     writeError: writeError || (c.error && {code: c.error.code}),
+    serverEndedBeforeAllWritten,
     close: c.close ? {code: c.close.code, reason: c.close.reason, ms: c.close.t - t0} : null,
     gone: c.gone,
+    serverEnded: c.ended != null,
     nextRequestAnsweredMs: answered ? answered.t - t0 : null
   };
   c.shutdown();
@@ -845,8 +851,8 @@ const SUMMARY = {
     parts.push(x.wroteAll ? `attacker wrote all ${Math.round(x.size / MiB)} MiB` :
       `attacker's write failed after ${(x.written / MiB).toFixed(1)} MiB (${x.writeError ? x.writeError.code : 'closed'})`);
     if (x.close) parts.push(`received ${closeText(x.close)}`);
+    else if (x.nextRequestAnsweredMs != null) parts.push('no close: message accepted, socket stays open (next request answered)');
     else parts.push('no close frame received');
-    if (x.nextRequestAnsweredMs != null) parts.push('message accepted, socket stays open (next request answered)');
     parts.push(rssText(r));
     return parts.join('; ');
   },
@@ -970,10 +976,12 @@ async function runMain(argv) {
   let oursBin = null;
   let only = null;
   let outFile = null;
+  let servers = null;
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--ours') oursBin = argv[++i];
     else if (argv[i] === '--only') only = argv[++i].split(',');
     else if (argv[i] === '--out') outFile = argv[++i];
+    else if (argv[i] === '--servers') servers = argv[++i].split(',');
     else throw new Error(`unknown argument ${argv[i]}`);
   }
   if (!oursBin) throw new Error('--ours PATH is required');
@@ -985,6 +993,7 @@ async function runMain(argv) {
     if (only && !only.includes(a.id)) continue;
     results[a.id] = {};
     for (const s of a.servers) {
+      if (servers && !servers.includes(s)) continue;
       process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${a.id} vs ${s} ... `);
       let r;
       try {
