@@ -369,7 +369,16 @@ ATTACKS.batch = async (port, {sockets = 1, element = '0'}) => {
 
 // A frame over the max payload, written completely before the attacker looks at what it
 // got (it reads all along into a buffer, like the kernel would, but only looks at the end).
-ATTACKS.oversized = async (port, {size}) => {
+ATTACKS.oversized = async (port, {size, sockets = 1}) => {
+  if (sockets > 1) {
+    const all = await Promise.all(Array.from({length: sockets}, () => oversizedOne(port, size, false)));
+    mark('end');
+    return {sockets: all};
+  }
+  return oversizedOne(port, size, true);
+};
+
+async function oversizedOne(port, size, marks) {
   const c = withRpc(await openSc(port, {allowHalfOpen: true}));
   const chunk = Buffer.alloc(64 * 1024, 'x');
   const t0 = now();
@@ -394,7 +403,7 @@ ATTACKS.oversized = async (port, {size}) => {
     c.rpc('#subscribe', {channel: 'after-big'}).then((m) => { answered = {t: now(), error: m.error ? m.error.name : null}; });
   }
   await until(() => answered || c.gone || c.ended != null, 10000);
-  mark('end');
+  if (marks) mark('end');
   if (c.ended != null) c.sock.end();
   // bytes the kernel took (frame header included), not just what was queued in Node
   const kernelTook = c.sock.bytesWritten;
@@ -412,7 +421,7 @@ ATTACKS.oversized = async (port, {size}) => {
   };
   c.shutdown();
   return r;
-};
+}
 
 // `conns` connections that send the HTTP upgrade request one byte per second.
 ATTACKS.slowloris = async (port, {conns = 500, durationS = 20, markAtS = [5, 10, 15, 20]}) => {
@@ -846,16 +855,29 @@ const SUMMARY = {
     return `${outcome}; ${rssText(r)}`;
   },
   oversized: (r) => {
-    const x = r.result;
-    const parts = [];
-    parts.push(x.wroteAll ? `attacker wrote all ${Math.round(x.size / MiB)} MiB` :
-      `attacker's write failed after ${(x.written / MiB).toFixed(1)} MiB (${x.writeError ? x.writeError.code : 'closed'})`);
-    if (x.close) parts.push(`received ${closeText(x.close)}`);
-    else if (x.nextRequestAnsweredMs != null) parts.push('no close: message accepted, socket stays open (next request answered)');
-    else parts.push('no close frame received');
-    parts.push(rssText(r));
-    return parts.join('; ');
-  },
+    if (r.result.sockets) {
+      const socks = r.result.sockets;
+      const ws = socks.filter((x) => !x.wroteAll).map((x) => x.written / MiB);
+      const range = ws.length ? `${Math.min(...ws).toFixed(1)}–${Math.max(...ws).toFixed(1)}` : '';
+      const outcome = Object.entries(tally(socks.map((x) => oversizedOutcome({...x, written: NaN}))))
+        .map(([k, v]) => `${v}× ${k.replace('NaN', range)}`).join('; ');
+      return `${outcome}; ${rssText(r)}`;
+    }
+    return `${oversizedOutcome(r.result)}; ${rssText(r)}`;
+  }
+};
+
+function oversizedOutcome(x) {
+  const parts = [];
+  parts.push(x.wroteAll ? `attacker wrote all ${Math.round(x.size / MiB)} MiB` :
+    `attacker's write failed after ${(x.written / MiB).toFixed(1)} MiB (${x.writeError ? x.writeError.code : 'closed'})`);
+  if (x.close) parts.push(`received ${closeText(x.close)}`);
+  else if (x.nextRequestAnsweredMs != null) parts.push('no close: message accepted, socket stays open (next request answered)');
+  else parts.push('no close frame received');
+  return parts.join('; ');
+}
+
+Object.assign(SUMMARY, {
   slowloris: (r) => {
     const x = r.result;
     const f = (k) => (r.marks[k] ? r.marks[k].fds - r.idle.fds : '?');
@@ -911,7 +933,7 @@ const SUMMARY = {
     parts.push(rssText(r));
     return parts.join('; ');
   }
-};
+});
 
 function cell(attack, r) {
   if (!r) return 'n/a';
@@ -935,6 +957,8 @@ const PLAN = [
     title: 'oversized message: one 12 MiB frame, written completely before reading'},
   {id: 'over101', attack: 'oversized', opts: {size: 101 * MiB}, servers: ['js', 'ours'],
     title: 'oversized message: one 101 MiB frame (over the JS limit too), written completely before reading'},
+  {id: 'big99x3', attack: 'oversized', opts: {size: 99 * MiB, sockets: 3}, servers: ['js', 'ours'],
+    title: 'large messages: a 99 MiB frame (under the JS limit) from 3 sockets at once'},
   {id: 'slowloris', attack: 'slowloris', opts: {conns: 500, durationS: 20}, servers: ['js', 'ours', 'ours_perip'],
     title: 'slowloris: 500 connections sending the upgrade request 1 byte/s for 20 s'},
   {id: 'writeonly', attack: 'writeonly', opts: {durationS: 15, size: 1024, window: 16}, servers: ['js', 'ours'],
