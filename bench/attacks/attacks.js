@@ -625,10 +625,10 @@ ATTACKS.chunked = async (port, {path: p = '/socketcluster/', key = null, mode = 
   let headAt = null;
   const t0 = now();
   c.onHead = () => { headAt = now(); };
-  sock.write(`POST ${p} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n` +
+  const head = `POST ${p} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n` +
     (key ? `Authorization: Bearer ${key}\r\n` : '') +
-    'Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n' +
-    '10\r\n{"channel":"x","\r\n');
+    'Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n';
+  sock.write(head + '10\r\n{"channel":"x","\r\n');
   const end = t0 + durationS * 1000;
   const big = Buffer.concat([Buffer.from('10000\r\n'), Buffer.alloc(0x10000, 'x'), Buffer.from('\r\n')]);
   const small = Buffer.from('1\r\nx\r\n');
@@ -647,7 +647,8 @@ ATTACKS.chunked = async (port, {path: p = '/socketcluster/', key = null, mode = 
   const r = {
     path: p,
     mode,
-    bodyBytesWritten: written,
+    // what the kernel took (not what was queued in Node), chunk framing included
+    bodyBytesWritten: Math.max(0, sock.bytesWritten - head.length),
     answer: c.status ? `HTTP ${c.status}` : null,
     answerMs: headAt ? headAt - t0 : null,
     connectionClosedMs: c.gone ? c.closedAt - t0 : null,
@@ -929,7 +930,8 @@ Object.assign(SUMMARY, {
     parts.push(x.answer ? `${x.answer} after ${(x.answerMs / 1000).toFixed(1)} s` : 'no answer');
     parts.push(x.connectionClosedMs != null ? `connection closed after ${(x.connectionClosedMs / 1000).toFixed(1)} s` :
       'connection still open at 20 s');
-    parts.push(`${x.bodyBytesWritten >= MiB ? `${(x.bodyBytesWritten / MiB).toFixed(1)} MiB` : `${x.bodyBytesWritten} B`} of body taken`);
+    parts.push(`${x.bodyBytesWritten >= MiB ? `${(x.bodyBytesWritten / MiB).toFixed(1)} MiB` : `${x.bodyBytesWritten} B`} of body sent`);
+    if (x.error) parts.push(`attacker's write failed: ${x.error}`);
     parts.push(rssText(r));
     return parts.join('; ');
   }
