@@ -39,6 +39,11 @@ pub(crate) struct ChannelStream {
     /// A jump was seen while no request could be sent: ask again when one can (with the
     /// pending channels).
     pub(crate) resync: bool,
+    /// The request in flight asks for a restarted stream from its start: if its answer is
+    /// "epoch" again (the stream restarted once more), the client does not ask a third time
+    /// but continues from the answer's position (no request loop against a stream that
+    /// keeps restarting).
+    pub(crate) restart_asked: bool,
 }
 
 /// What to do with a publication that carries a position.
@@ -109,6 +114,7 @@ impl Session {
                         epoch: e,
                         offset: 0,
                     });
+                    stream.restart_asked = true;
                     tracing::info!(
                         channel,
                         to = offset,
@@ -159,8 +165,11 @@ impl Session {
         let Some(reply) = SubscribeReply::parse(r.data.as_deref()) else {
             return false;
         };
+        let asked_restart = std::mem::take(&mut stream.restart_asked);
         let new_epoch_missed = matches!(reply.recovery, Some(Err(NotRecovered::EpochChanged)))
-            && reply.position.offset > 0;
+            && reply.position.offset > 0
+            && !asked_restart;
+        stream.restart_asked = new_epoch_missed;
         stream.reached = Some(Reached {
             epoch: Arc::from(reply.position.epoch.as_str()),
             // From the new stream's start: live publications past it are held back (a

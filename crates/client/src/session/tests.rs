@@ -982,6 +982,41 @@ async fn a_restarted_stream_missed_from_its_start_is_recovered_from_its_start() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_stream_that_restarts_again_is_not_asked_for_a_third_time() {
+    let mut h = Harness::new(options(false));
+    let mut c = h.subscribe(
+        "chat",
+        SubscribeOptions::new().recover_from(StreamPosition::new("OLD", 10)),
+    );
+    h.open(None, unauthenticated());
+    let f = h.frames();
+    h.reply(
+        &f[0]["cid"],
+        json!({"epoch": "NEW", "offset": 3, "recovered": false, "reason": "epoch"}),
+    );
+    let f = h.frames();
+    assert_eq!(
+        f[0]["data"]["recover"],
+        json!({"epoch": "NEW", "offset": 0})
+    );
+    // Restarted once more before the answer: reported, and followed from there.
+    h.reply(
+        &f[0]["cid"],
+        json!({"epoch": "NEWER", "offset": 2, "recovered": false, "reason": "epoch"}),
+    );
+    assert!(h.frames().is_empty(), "no third request");
+    let reasons: Vec<_> = recoveries(&mut h);
+    assert_eq!(
+        reasons,
+        [crate::channel::Recovery::NotRecovered {
+            reason: NotRecovered::EpochChanged
+        }; 2]
+    );
+    h.text(positioned("chat", 3, "NEWER"));
+    assert_eq!(delivered(&mut c), [3]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn channels_without_history_are_untouched() {
     let mut h = Harness::new(options(false));
     let mut c = h.subscribe("news", SubscribeOptions::new());
