@@ -40,13 +40,7 @@ async fn http_post(port: u16, path: &str, body: &Value) -> (u16, String) {
 }
 
 async fn rust_client(url: String) -> Client {
-    Client::builder(url)
-        .reconnect_delays(
-            Duration::from_millis(100),
-            Duration::from_millis(100),
-            1.5,
-            Duration::from_millis(1000),
-        )
+    common::quick_reconnect(url, Duration::from_millis(100))
         .connect()
         .await
         .expect("connects")

@@ -152,13 +152,7 @@ struct Peer {
 /// Client `id` on `url`, subscribed to `chat/<id % channels>`, logging everything.
 async fn peer(id: usize, url: String, channels: usize) -> Peer {
     let channel = format!("chat/{}", id % channels);
-    let client = Client::builder(url)
-        .reconnect_delays(
-            Duration::from_millis(100),
-            Duration::from_millis(200),
-            1.5,
-            Duration::from_millis(1000),
-        )
+    let client = common::quick_reconnect(url, Duration::from_millis(200))
         .connect()
         .await
         .expect("connects");

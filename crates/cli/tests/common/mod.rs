@@ -136,6 +136,20 @@ pub async fn run_cli(args: &[&str], stdin: Option<&str>) -> Output {
     }
 }
 
+/// A client builder for `url` that reconnects quickly: after 100 ms plus up to `jitter`,
+/// growing 1.5 times per attempt to at most 1 s (the tests' servers come back fast).
+pub fn quick_reconnect(
+    url: impl Into<String>,
+    jitter: Duration,
+) -> socketcluster_rs_client::ClientBuilder {
+    socketcluster_rs_client::Client::builder(url).reconnect_delays(
+        Duration::from_millis(100),
+        jitter,
+        1.5,
+        Duration::from_millis(1000),
+    )
+}
+
 /// A Rust client of the `serve` on `port`; with `claims`, it holds a token for them signed
 /// with `auth_key` by `socketcluster token`.
 pub async fn client_with_claims(

@@ -27,15 +27,12 @@ pub async fn publish(server: &Server, n: u64) {
 }
 
 pub fn client(port: u16) -> Client {
-    Client::builder(format!("ws://127.0.0.1:{port}/socketcluster/"))
-        .reconnect_delays(
-            Duration::from_millis(100),
-            Duration::from_millis(100),
-            1.5,
-            Duration::from_millis(1000),
-        )
-        .build()
-        .expect("client")
+    super::quick_reconnect(
+        format!("ws://127.0.0.1:{port}/socketcluster/"),
+        Duration::from_millis(100),
+    )
+    .build()
+    .expect("client")
 }
 
 pub async fn next_n(sub: &mut Subscription) -> (u64, Option<u64>) {
