@@ -98,12 +98,7 @@ where
             let _ = io
                 .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                 .await;
-            linger(
-                io,
-                op.max_body.saturating_mul(2).max(1 << 20),
-                LINGER_TIMEOUT,
-            )
-            .await;
+            linger(io, linger_budget(&op), LINGER_TIMEOUT).await;
         }
         return;
     }
@@ -117,14 +112,14 @@ where
                 .await
                 .is_ok()
             {
-                linger(io, op.max_body.saturating_mul(2).max(1 << 20), LINGER_TIMEOUT).await;
+                linger(io, linger_budget(&op), LINGER_TIMEOUT).await;
             }
             return;
         }
         op.server.serve_connection(io, Some(addr), secure);
         return;
     }
-    let linger_bytes = op.max_body.saturating_mul(2).max(1 << 20);
+    let linger_bytes = linger_budget(&op);
     let service = hyper::service::service_fn(move |req| {
         let op = op.clone();
         async move {
@@ -145,6 +140,12 @@ where
         Ok(parts) => linger(parts.io.into_inner(), linger_bytes, LINGER_TIMEOUT).await,
         Err(e) => tracing::debug!(%addr, error = %e, "HTTP connection error"),
     }
+}
+
+/// How much a lingering close reads and discards at most: twice the largest body, at
+/// least 1 MiB (the same rule as the WebSocket server's `Limits::linger_bytes`).
+fn linger_budget(op: &Operator) -> usize {
+    op.max_body.saturating_mul(2).max(1 << 20)
 }
 
 /// Lingering close: shut our side down, then read and discard what the client still
