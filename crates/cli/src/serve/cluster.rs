@@ -132,11 +132,7 @@ impl Instances {
         let s = server.stats();
         let rate =
             |now: u64, f: fn(&StatsSnapshot) -> u64| last.map_or(0, |l| now.saturating_sub(f(l)));
-        let authenticated = server
-            .clients()
-            .iter()
-            .filter(|c| c.is_authenticated())
-            .count();
+        let authenticated = super::metrics::authenticated_sockets(server);
         json!({
             "type": "heartbeat",
             "id": self.id,

@@ -542,12 +542,7 @@ pub(crate) fn channels(op: &Operator) -> Resp {
 
 pub(crate) fn stats(op: &Operator) -> Resp {
     let s = op.server.stats();
-    let authenticated = op
-        .server
-        .clients()
-        .iter()
-        .filter(|c| c.is_authenticated())
-        .count();
+    let authenticated = super::metrics::authenticated_sockets(&op.server);
     json_response(
         StatusCode::OK,
         &json!({

@@ -107,13 +107,18 @@ fn describe() {
 }
 
 /// Copy the server's counters into the recorder (called on every scrape).
-pub(crate) fn record_gauges(server: &Server) {
-    let s = server.stats();
-    let authenticated = server
+/// How many of the server's sockets are authenticated.
+pub(crate) fn authenticated_sockets(server: &Server) -> usize {
+    server
         .clients()
         .iter()
         .filter(|c| c.is_authenticated())
-        .count();
+        .count()
+}
+
+pub(crate) fn record_gauges(server: &Server) {
+    let s = server.stats();
+    let authenticated = authenticated_sockets(server);
     metrics::gauge!("socketcluster_sockets").set(s.clients as f64);
     metrics::gauge!("socketcluster_sockets_pending").set(s.pending_clients as f64);
     metrics::gauge!("socketcluster_sockets_authenticated").set(authenticated as f64);

@@ -66,11 +66,7 @@ pub(super) fn stats(op: &Operator) -> Resp {
             let rate = |now: u64, f: fn(&socketcluster_rs_server::StatsSnapshot) -> u64| {
                 last.as_ref().map_or(0, |l| now.saturating_sub(f(l)))
             };
-            let authenticated = server
-                .clients()
-                .iter()
-                .filter(|c| c.is_authenticated())
-                .count();
+            let authenticated = crate::serve::metrics::authenticated_sockets(&server);
             let mut v = json!({
                 "sockets": s.clients,
                 "authenticatedSockets": authenticated,
